@@ -1,0 +1,1 @@
+"""The HTTP side: FastAPI app, webhook and query routers. Nothing imports this package."""

@@ -1,0 +1,1 @@
+"""Commands and the pure deciders that turn them into events."""

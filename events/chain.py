@@ -1,0 +1,126 @@
+"""The per-tenant sequence and SHA-256 hash chain: computed here and only here, verified purely.
+
+An event's hash is SHA-256 over its predecessor's hash and the canonical bytes of every other
+field of the event (sequence and `prev_hash` included), so altering, dropping, inserting or
+reordering any event of a tenant is detectable from the events alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import orjson
+
+from events.envelope import EventDraft, EventEnvelope
+
+GENESIS_HASH: Final = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """Where a tenant's chain ends: the last sequence number and its hash."""
+
+    tenant_seq: int = 0
+    hash: str = GENESIS_HASH
+
+
+GENESIS: Final = ChainHead()
+
+
+def compute_hash(envelope: EventEnvelope) -> str:
+    """The hash `envelope` must carry, recomputed from all of its other fields."""
+    body = envelope.model_dump(mode="json", exclude={"hash"})
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(envelope.prev_hash.encode() + b"\n" + canonical).hexdigest()
+
+
+def seal(draft: EventDraft, head: ChainHead) -> EventEnvelope:
+    """Place `draft` after `head`: assign the next `tenant_seq`, link and hash it."""
+    unsealed = EventEnvelope(
+        **draft.model_dump(),
+        tenant_seq=head.tenant_seq + 1,
+        prev_hash=head.hash,
+        hash=GENESIS_HASH,
+    )
+    return unsealed.model_copy(update={"hash": compute_hash(unsealed)})
+
+
+def head_of(envelope: EventEnvelope) -> ChainHead:
+    """The chain head after `envelope`."""
+    return ChainHead(envelope.tenant_seq, envelope.hash)
+
+
+type IssueKind = Literal["tampered", "gap", "fork", "broken_link"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainIssue:
+    """One defect in a chain, located by sequence number and (when known) log position."""
+
+    kind: IssueKind
+    tenant_seq: int
+    event_id: str
+    detail: str
+    position: str | None = None
+
+
+@dataclass(slots=True)
+class ChainVerifier:
+    """Checks one tenant's events in log order; exact duplicates are counted, not defects.
+
+    Duplicates are expected (at-least-once appends re-produce byte-identical events); anything
+    else that does not extend the chain by exactly one well-linked, correctly hashed event is an
+    issue.
+    """
+
+    head: ChainHead = GENESIS
+    issues: list[ChainIssue] = field(default_factory=list)
+    duplicates: int = 0
+    accepted: int = 0
+    _seen: dict[int, str] = field(default_factory=dict)
+
+    def feed(self, envelope: EventEnvelope, position: str | None = None) -> bool:
+        """Check the next event; True when it extended the chain."""
+        seq = envelope.tenant_seq
+        if compute_hash(envelope) != envelope.hash:
+            self._issue("tampered", envelope, "hash does not match the event's content", position)
+            return False
+        if seq <= self.head.tenant_seq:
+            if self._seen.get(seq) == envelope.hash:
+                self.duplicates += 1
+            else:
+                detail = f"a different event already holds seq {seq}"
+                self._issue("fork", envelope, detail, position)
+            return False
+        if seq > self.head.tenant_seq + 1:
+            missing = f"{self.head.tenant_seq + 1}..{seq - 1}"
+            self._issue("gap", envelope, f"sequence numbers {missing} are missing", position)
+        elif envelope.prev_hash != self.head.hash:
+            detail = f"prev_hash does not link to the hash of seq {self.head.tenant_seq}"
+            self._issue("broken_link", envelope, detail, position)
+        self.head = head_of(envelope)
+        self._seen[seq] = envelope.hash
+        self.accepted += 1
+        return True
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+    def _issue(
+        self, kind: IssueKind, envelope: EventEnvelope, detail: str, position: str | None
+    ) -> None:
+        self.issues.append(
+            ChainIssue(kind, envelope.tenant_seq, str(envelope.event_id), detail, position)
+        )
+
+
+def verify_chain(envelopes: Iterable[EventEnvelope], start: ChainHead = GENESIS) -> ChainVerifier:
+    """Verify one tenant's events, in log order, from `start`; inspect `.ok` and `.issues`."""
+    verifier = ChainVerifier(head=start)
+    for envelope in envelopes:
+        verifier.feed(envelope)
+    return verifier

@@ -1,0 +1,130 @@
+"""Event and command envelopes and their one wire format (orjson bytes plus Kafka headers)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+from uuid import UUID
+
+import orjson
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+HASH_HEX_LENGTH: Final = 64
+
+
+def _is_sha256_hex(value: str) -> str:
+    if len(value) != HASH_HEX_LENGTH or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("must be 64 lowercase hexadecimal characters (SHA-256)")
+    return value
+
+
+type Sha256Hex = Annotated[str, AfterValidator(_is_sha256_hex)]
+type Payload = dict[str, Any]
+type KafkaHeaders = list[tuple[str, bytes]]
+
+HEADER_TYPE: Final = "zf-type"
+HEADER_VERSION: Final = "zf-version"
+HEADER_ID: Final = "zf-id"
+HEADER_KIND: Final = "zf-kind"
+HEADER_TENANT_SEQ: Final = "zf-tenant-seq"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EventEnvelope(_Frozen):
+    """One immutable fact in `zapflow.events`; `hash` seals every other field (see `chain`)."""
+
+    event_id: UUID
+    type: str = Field(min_length=1)
+    schema_version: int = Field(ge=1)
+    tenant_id: UUID
+    tenant_seq: int = Field(ge=1)
+    stream: str = Field(min_length=1, description='e.g. "conversation:<id>", "tenant:<id>"')
+    occurred_at: AwareDatetime
+    recorded_at: AwareDatetime
+    correlation_id: UUID
+    causation_id: UUID = Field(description="The id of the command that produced this event.")
+    prev_hash: Sha256Hex
+    hash: Sha256Hex
+    payload: Payload
+
+
+class EventDraft(_Frozen):
+    """An event before it takes its place in the tenant's chain (see `chain.seal`)."""
+
+    event_id: UUID
+    type: str = Field(min_length=1)
+    schema_version: int = Field(ge=1)
+    tenant_id: UUID
+    stream: str = Field(min_length=1)
+    occurred_at: AwareDatetime
+    recorded_at: AwareDatetime
+    correlation_id: UUID
+    causation_id: UUID
+    payload: Payload
+
+
+class CommandEnvelope(_Frozen):
+    """A request to the decider in `zapflow.commands`; it may be rejected."""
+
+    command_id: UUID
+    tenant_id: UUID
+    type: str = Field(min_length=1)
+    schema_version: int = Field(ge=1)
+    issued_at: AwareDatetime
+    correlation_id: UUID
+    idempotency_key: str | None = Field(default=None, max_length=512)
+    payload: Payload
+
+
+def _json_default(value: object) -> object:
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def to_json_bytes(model: BaseModel) -> bytes:
+    """The canonical bytes of a model: JSON mode, keys sorted, UTC offsets as written."""
+    return orjson.dumps(
+        model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS, default=_json_default
+    )
+
+
+def encode_event(envelope: EventEnvelope) -> tuple[bytes, bytes, KafkaHeaders]:
+    """Key, value and headers of the Kafka record that carries `envelope`."""
+    headers: KafkaHeaders = [
+        (HEADER_KIND, b"event"),
+        (HEADER_TYPE, envelope.type.encode()),
+        (HEADER_VERSION, str(envelope.schema_version).encode()),
+        (HEADER_ID, str(envelope.event_id).encode()),
+        (HEADER_TENANT_SEQ, str(envelope.tenant_seq).encode()),
+    ]
+    return str(envelope.tenant_id).encode(), to_json_bytes(envelope), headers
+
+
+def decode_event(value: bytes) -> EventEnvelope:
+    """Parse a record value; raises `pydantic.ValidationError` or `orjson.JSONDecodeError`."""
+    return EventEnvelope.model_validate(orjson.loads(value))
+
+
+def encode_command(envelope: CommandEnvelope) -> tuple[bytes, bytes, KafkaHeaders]:
+    """Key, value and headers of the Kafka record that carries `envelope`."""
+    headers: KafkaHeaders = [
+        (HEADER_KIND, b"command"),
+        (HEADER_TYPE, envelope.type.encode()),
+        (HEADER_VERSION, str(envelope.schema_version).encode()),
+        (HEADER_ID, str(envelope.command_id).encode()),
+    ]
+    return str(envelope.tenant_id).encode(), to_json_bytes(envelope), headers
+
+
+def decode_command(value: bytes) -> CommandEnvelope:
+    """Parse a record value; raises `pydantic.ValidationError` or `orjson.JSONDecodeError`."""
+    return CommandEnvelope.model_validate(orjson.loads(value))
+
+
+def header(headers: KafkaHeaders | tuple[tuple[str, bytes], ...], name: str) -> str | None:
+    """The value of one header as text, for filtering records without decoding them."""
+    for key, raw in headers:
+        if key == name:
+            return raw.decode()
+    return None

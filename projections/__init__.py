@@ -1,0 +1,1 @@
+"""Read models in PostgreSQL: migrations, projections and the queries over their tables."""

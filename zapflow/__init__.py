@@ -1,0 +1,1 @@
+"""The composition root: settings, process launchers, the `zapflow` CLI."""

@@ -1,0 +1,165 @@
+"""The `zapflow` command line: one entry point for every process and operator task."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+import orjson
+from pydantic import ValidationError
+
+from zapflow.errors import ConfigurationError
+from zapflow.settings import Settings
+
+type Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zapflow", description="WhatsApp Business automation on an event log."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("up", help="run the whole platform locally (broker, PostgreSQL, all processes)")
+    sub.add_parser("api", help="run the HTTP API (uvicorn)")
+    worker = sub.add_parser("worker", help="run one worker process")
+    worker.add_argument("name", choices=["decider", "agent", "sender", "projector"])
+    sub.add_parser("setup", help="apply migrations and ensure topics (idempotent)")
+    sub.add_parser("migrate", help="apply SQL migrations from schemas/sql (idempotent)")
+    topics = sub.add_parser("topics", help="manage the topics zapflow owns")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    topics_sub.add_parser("ensure", help="create missing topics, restore drifted configs")
+    schemas = sub.add_parser("schemas", help="JSON Schemas of events and commands")
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
+    export = schemas_sub.add_parser("export", help="write schemas/json from the code")
+    export.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
+    return parser
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow.supervisor import up
+
+    return up(settings)
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from api.container import ApiConfig
+    from zapflow.runtime import resolve
+
+    endpoints = resolve(settings)
+    config = ApiConfig(
+        database_url=endpoints.database_url,
+        bootstrap_servers=endpoints.bootstrap_servers,
+        public_url=settings.effective_public_url,
+        trust_proxy=settings.trust_proxy,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level=settings.log_level.lower(),
+            proxy_headers=settings.trust_proxy,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        )
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.worker import WorkerStartError, run_worker
+    from zapflow.runtime import resolve
+
+    endpoints = resolve(settings)
+    try:
+        asyncio.run(run_worker(args.name, endpoints.bootstrap_servers, settings.connect_timeout_s))
+    except WorkerStartError as exc:
+        raise ConfigurationError(
+            "KAFKA_BOOTSTRAP_SERVERS", endpoints.bootstrap_servers, str(exc)
+        ) from None
+    return 0
+
+
+def _setup(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow.runtime import resolve
+    from zapflow.setup import setup
+
+    applied, report = asyncio.run(setup(resolve(settings), settings))
+    _print({"migrations_applied": applied, "topics_created": report.created,
+            "topics_existing": report.existing,
+            "configs_restored": report.configs_updated})  # fmt: skip
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow.runtime import resolve
+    from zapflow.setup import apply_migrations
+
+    database_url = settings.database_url or resolve(settings).database_url
+    applied = asyncio.run(apply_migrations(database_url, settings.connect_timeout_s))
+    _print({"migrations_applied": applied})
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow.runtime import resolve
+    from zapflow.setup import ensure
+
+    brokers = settings.kafka_bootstrap_servers or resolve(settings).bootstrap_servers
+    report = asyncio.run(ensure(brokers, settings))
+    _print({"created": report.created, "existing": report.existing,
+            "configs_restored": report.configs_updated})  # fmt: skip
+    return 0
+
+
+def _schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow import schemas
+
+    if args.check:
+        problems = schemas.drift()
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else 0
+    _print({"written": schemas.export()})
+    return 0
+
+
+def _print(value: object) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+HANDLERS: dict[str, Handler] = {
+    "up": _up,
+    "api": _api,
+    "worker": _worker,
+    "setup": _setup,
+    "migrate": _migrate,
+    "topics": _topics,
+    "schemas": _schemas,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "ZAPFLOW_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"zapflow: error: {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    from zapflow.logs import configure
+
+    configure(settings.log_level, args.command if args.command != "worker" else args.name)
+    try:
+        return HANDLERS[args.command](args, settings)
+    except ConfigurationError as exc:
+        print(f"zapflow: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

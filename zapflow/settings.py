@@ -1,0 +1,70 @@
+"""The one settings model: `ZAPFLOW_*` variables, the ecosystem's standard names, and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of every process; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ZAPFLOW_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    http_host: str = Field("127.0.0.1", description="Interface the API listens on.")
+    http_port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+    public_url: str | None = Field(
+        None, description="URL Twilio uses to reach the API (signature base). Default: local."
+    )
+    trust_proxy: bool = Field(False, description="Honour X-Forwarded-Proto/Host.")
+    state_dir: Path = Field(Path(".zapflow"), description="Local state: PostgreSQL data, runtime.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "ZAPFLOW_DATABASE_URL"),
+        description="PostgreSQL URL; unset: an embedded server under the state dir.",
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ZAPFLOW_KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka-compatible brokers; unset: the development broker (Tansu).",
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "ZAPFLOW_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "ZAPFLOW_OPENAI_BASE_URL")
+    )
+
+    topic_partitions: int = Field(12, ge=1, le=1024, description="Partitions of each topic.")
+    topic_replication: int = Field(1, ge=1, le=7, description="Replication factor of topics.")
+    broker_port: int = Field(0, ge=0, le=65535, description="Dev broker port; 0 picks a free one.")
+    postgres_port: int = Field(
+        0, ge=0, le=65535, description="Embedded PostgreSQL port; 0 reuses the last or picks one."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Fail-fast limit for dependencies.")
+    shutdown_grace_s: float = Field(10.0, gt=0, description="SIGTERM → SIGKILL grace period.")
+
+    @field_validator("database_url", "kafka_bootstrap_servers", "openai_base_url", "public_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("openai_api_key", mode="before")
+    @classmethod
+    def _blank_key_is_unset(cls, value: object) -> object:
+        return value or None
+
+    @property
+    def runtime_file(self) -> Path:
+        return self.state_dir / "runtime.json"
+
+    @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://localhost:{self.http_port}").rstrip("/")

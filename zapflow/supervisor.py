@@ -1,0 +1,189 @@
+"""`zapflow up`: the whole platform on one machine, supervised (see ADR 0005).
+
+Order of start: broker (dev Tansu unless KAFKA_BOOTSTRAP_SERVERS), PostgreSQL (embedded unless
+DATABASE_URL), migrations and topics, then the API and every worker as child processes.
+Order of stop: workers, API, PostgreSQL, broker; each gets SIGTERM, then SIGKILL after the
+grace period. A second Ctrl-C skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from projections.database import ensure_database, redact
+from streams.worker import WORKERS
+from zapflow import runtime
+from zapflow.devbroker import DevBroker, start_dev_broker
+from zapflow.devdb import DATABASE, EmbeddedPostgres, start_embedded_postgres
+from zapflow.errors import ConfigurationError
+from zapflow.processes import port_is_free, spawn, stop, stop_all
+from zapflow.settings import Settings
+from zapflow.setup import check_broker, check_database, setup
+
+
+@dataclass(slots=True)
+class _Stack:
+    broker: DevBroker | None = None
+    database: EmbeddedPostgres | None = None
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    stopping: int = 0
+
+    def stop_requested(self) -> bool:
+        return self.stopping > 0
+
+
+def up(settings: Settings, say: Callable[[str], None] = print) -> int:
+    """Run until Ctrl-C/SIGTERM or until a child dies; returns the exit code."""
+    state = settings.state_dir.resolve()
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    live = runtime.read_live(settings.runtime_file)
+    if live is not None:
+        raise ConfigurationError(
+            "ZAPFLOW_STATE_DIR",
+            str(state),
+            f"`zapflow up` is already running (pid {live.supervisor_pid})",
+        )
+    if not port_is_free(settings.http_host, settings.http_port):
+        raise ConfigurationError(
+            "ZAPFLOW_HTTP_PORT", str(settings.http_port), "port already in use"
+        )
+
+    stack = _Stack()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stack.stopping += 1
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(settings, stack, state, logs, say)
+    finally:
+        _shutdown(stack, settings.shutdown_grace_s, say)
+        settings.runtime_file.unlink(missing_ok=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(
+    settings: Settings, stack: _Stack, state: Path, logs: Path, say: Callable[[str], None]
+) -> int:
+    timeout = settings.connect_timeout_s
+    if settings.kafka_bootstrap_servers:
+        brokers = settings.kafka_bootstrap_servers
+        asyncio.run(check_broker(brokers, timeout))
+    else:
+        stack.broker = start_dev_broker(settings.broker_port, logs / "broker.log")
+        brokers = stack.broker.bootstrap_servers
+    if settings.database_url:
+        database_url = settings.database_url
+        asyncio.run(check_database(database_url, timeout))
+    else:
+        stack.database = start_embedded_postgres(
+            state, settings.postgres_port, logs / "postgres.log"
+        )
+        asyncio.run(ensure_database(stack.database.url("postgres"), DATABASE, timeout))
+        database_url = stack.database.url()
+    endpoints = runtime.Endpoints(brokers, database_url)
+    asyncio.run(setup(endpoints, settings))
+    if stack.stop_requested():
+        return 130
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": brokers, "DATABASE_URL": database_url}
+    for name in ("api", *WORKERS):
+        argv = [sys.executable, "-m", "zapflow", *(["api"] if name == "api" else ["worker", name])]
+        with (logs / f"{name}.log").open("ab") as log:
+            stack.children[name] = spawn(argv, log=log, env=env)
+
+    api_url = f"http://{settings.http_host}:{settings.http_port}"
+    if not _wait_http(f"{api_url}/healthz", stack, timeout * 3):
+        return _report_dead_child(stack, logs, say) or 1
+    runtime.write(
+        settings.runtime_file,
+        runtime.Runtime(
+            supervisor_pid=os.getpid(),
+            bootstrap_servers=brokers,
+            database_url=database_url,
+            api_url=api_url,
+            children={name: proc.pid for name, proc in stack.children.items()}
+            | ({"broker": stack.broker.process.pid} if stack.broker else {})
+            | ({"postgres": stack.database.process.pid} if stack.database else {}),
+        ),
+    )
+    say(_banner(settings, stack, api_url, brokers, database_url, logs))
+    while not stack.stop_requested():
+        dead = _report_dead_child(stack, logs, say)
+        if dead is not None:
+            return dead
+        time.sleep(0.2)
+    return 0
+
+
+def _wait_http(url: str, stack: _Stack, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stack.stopping:
+        if any(proc.poll() is not None for proc in stack.children.values()):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own URL
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def _report_dead_child(stack: _Stack, logs: Path, say: Callable[[str], None]) -> int | None:
+    for name, proc in stack.children.items():
+        code = proc.poll()
+        if code is not None:
+            say(f"zapflow: {name} exited with code {code}; see {logs / f'{name}.log'}; stopping")
+            return code or 1
+    return None
+
+
+def _shutdown(stack: _Stack, grace_s: float, say: Callable[[str], None]) -> None:
+    if stack.children or stack.broker or stack.database:
+        say("zapflow: stopping…")
+
+    def grace() -> float:
+        return 0.5 if stack.stopping > 1 else grace_s
+
+    stop_all([proc for name, proc in stack.children.items() if name != "api"], grace())
+    if "api" in stack.children:
+        stop(stack.children["api"], grace())
+    if stack.database is not None:
+        stack.database.stop(grace())
+    if stack.broker is not None:
+        stack.broker.stop(grace())
+
+
+def _banner(
+    settings: Settings, stack: _Stack, api_url: str, brokers: str, database_url: str, logs: Path
+) -> str:
+    broker_kind = "development broker (Tansu, in memory)" if stack.broker else "external"
+    db_kind = f"embedded, data in {stack.database.data_dir}" if stack.database else "external"
+    return "\n".join(
+        [
+            "",
+            "zapflow is up",
+            f"  API         {api_url}   (docs {api_url}/docs, ready {api_url}/readyz)",
+            f"  public URL  {settings.effective_public_url}",
+            f"  broker      {brokers}   {broker_kind}",
+            f"  database    {redact(database_url)}   {db_kind}",
+            f"  processes   api, {', '.join(WORKERS)}",
+            f"  logs        {logs}",
+            f"  state       {settings.state_dir.resolve()}",
+            "  stop        Ctrl-C (twice to skip the grace period)",
+            "",
+        ]
+    )
