@@ -26,7 +26,8 @@ async def test_readyz_waits_for_migrations_then_is_ready(
         before = client.get("/readyz")
         assert before.status_code == 503
         assert before.json()["checks"]["broker"] == "ok"
-        assert before.json()["checks"]["migrations"].endswith("pending: 0001_projection_checkpoints")
+        pending = before.json()["checks"]["migrations"]
+        assert pending.endswith("pending: 0001_projection_checkpoints")
         await migrate(db)
         after = client.get("/readyz")
         assert after.status_code == 200

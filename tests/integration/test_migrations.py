@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 
 async def test_migrate_applies_everything_once(db: asyncpg.Connection) -> None:
     versions = [m.version for m in discover()]
-    assert versions and await pending(db) == discover()
+    assert versions
+    assert await pending(db) == discover()
     assert await migrate(db) == versions
     assert await migrate(db) == []
     assert await pending(db) == []

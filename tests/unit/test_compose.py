@@ -20,8 +20,7 @@ from typing import Any, cast
 import pytest
 import yaml
 
-# jsonschema ships no type information (types-jsonschema is not in the dev group).
-from jsonschema import Draft7Validator  # type: ignore[import-untyped]
+from jsonschema import Draft7Validator
 
 pytestmark = pytest.mark.unit
 

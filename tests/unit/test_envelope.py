@@ -63,7 +63,7 @@ def test_envelopes_are_immutable() -> None:
         ("hash", "abc"),
         ("prev_hash", "Z" * 64),
         ("tenant_seq", 0),
-        ("occurred_at", datetime(2026, 1, 1)),  # noqa: DTZ001 - a naive datetime must be refused
+        ("occurred_at", datetime(2026, 1, 1)),
         ("unexpected", 1),
     ],
 )

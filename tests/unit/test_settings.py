@@ -23,7 +23,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults() -> None:
     settings = Settings()
     assert (settings.http_port, settings.topic_partitions) == (8000, 12)
-    assert settings.database_url is None and settings.kafka_bootstrap_servers is None
+    assert settings.database_url is None
+    assert settings.kafka_bootstrap_servers is None
     assert settings.effective_public_url == "http://localhost:8000"
     assert settings.runtime_file == Path(".zapflow/runtime.json")
 
@@ -48,7 +49,8 @@ def test_dotenv_file_is_read_and_blank_means_unset(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("ZAPFLOW_TOPIC_PARTITIONS=3\nDATABASE_URL=\nOPENAI_API_KEY=\n")
     settings = Settings()
     assert settings.topic_partitions == 3
-    assert settings.database_url is None and settings.openai_api_key is None
+    assert settings.database_url is None
+    assert settings.openai_api_key is None
 
 
 def test_a_bad_value_is_one_clear_cli_error(tmp_path: Path) -> None:
