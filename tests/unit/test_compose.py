@@ -19,7 +19,6 @@ from typing import Any, cast
 
 import pytest
 import yaml
-
 from jsonschema import Draft7Validator
 
 pytestmark = pytest.mark.unit
