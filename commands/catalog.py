@@ -4,9 +4,27 @@ from __future__ import annotations
 
 from typing import Final
 
+from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
+from commands.operator import (
+    CloseConversation,
+    HandOffToHuman,
+    RequestHandoff,
+    RequestOutboundMessage,
+    ReturnToBot,
+)
+from commands.tenant import RegisterTenant
 from events.registry import Message, Registry
 
 COMMAND_REGISTRY: Final[Registry[Message]] = Registry(
-    models={},
+    models={
+        "RegisterTenant": RegisterTenant,
+        "ReceiveInboundMessage": ReceiveInboundMessage,
+        "RecordDeliveryStatus": RecordDeliveryStatus,
+        "RequestHandoff": RequestHandoff,
+        "HandOffToHuman": HandOffToHuman,
+        "ReturnToBot": ReturnToBot,
+        "CloseConversation": CloseConversation,
+        "RequestOutboundMessage": RequestOutboundMessage,
+    },
     upcasters={},
 )

@@ -1,0 +1,210 @@
+"""The conversation aggregate: pure `decide` and `evolve` for one (tenant, contact) conversation.
+
+States: bot → handoff_requested → human → bot …, any → closed, closed → bot on a new inbound
+message (reopened, ADR 0007). `opted_out` and `window_open_until` are orthogonal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Final, assert_never
+from uuid import UUID, uuid5
+
+from commands.errors import Rejected
+from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
+from commands.keywords import keyword
+from commands.operator import (
+    CloseConversation,
+    HandOffToHuman,
+    RequestHandoff,
+    RequestOutboundMessage,
+    ReturnToBot,
+)
+from commands.policy import check_send
+from commands.status import advance
+from events.conversation import (
+    ContactOptedIn,
+    ContactOptedOut,
+    ConversationClosed,
+    ConversationEvent,
+    ConversationHandedOff,
+    ConversationReopened,
+    ConversationReturnedToBot,
+    ConversationStarted,
+    DeliveryStatusChanged,
+    HandoffRequested,
+    InboundMessageReceived,
+    OutboundMessageRequested,
+    State,
+    Status,
+)
+
+SERVICE_WINDOW: Final = timedelta(hours=24)
+
+type ConversationCommand = (
+    ReceiveInboundMessage
+    | RecordDeliveryStatus
+    | RequestHandoff
+    | HandOffToHuman
+    | ReturnToBot
+    | CloseConversation
+    | RequestOutboundMessage
+)
+
+
+def conversation_id(tenant_id: UUID, contact: str) -> str:
+    """One conversation per (tenant, contact address), whatever the address's shape."""
+    return str(uuid5(tenant_id, f"conversation:{contact}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    conversation_id: str
+    started: bool = False
+    contact: str = ""
+    sender: str = ""
+    state: State = "bot"
+    opted_out: bool = False
+    window_open_until: datetime | None = None
+    inbound_sids: frozenset[str] = frozenset()
+    statuses: dict[str, Status] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a decision may depend on besides state: taken from the command envelope."""
+
+    command_id: UUID
+    now: datetime
+
+
+def decide(
+    current: Conversation, command: ConversationCommand, ctx: Context
+) -> list[ConversationEvent]:
+    cid = current.conversation_id
+    match command:
+        case ReceiveInboundMessage():
+            return _receive(current, command, ctx)
+        case RecordDeliveryStatus():
+            moved = advance(current.statuses.get(command.message_sid), command.status)
+            if moved is None:
+                return []  # a duplicate or an out-of-order callback: nothing new happened
+            return [
+                DeliveryStatusChanged(
+                    conversation_id=cid,
+                    message_sid=command.message_sid,
+                    status=moved,
+                    previous_status=current.statuses.get(command.message_sid),
+                    error_code=command.error_code,
+                    error_message=command.error_message,
+                )
+            ]
+        case RequestHandoff():
+            _require(current, allowed={"bot"}, action="request a hand-off")
+            return [HandoffRequested(conversation_id=cid, reason=command.reason,
+                                     requested_by=command.requested_by)]  # fmt: skip
+        case HandOffToHuman():
+            _require(current, allowed={"bot", "handoff_requested"}, action="hand off")
+            return [ConversationHandedOff(conversation_id=cid, operator=command.operator,
+                                          reason=command.reason)]  # fmt: skip
+        case ReturnToBot():
+            _require(current, allowed={"human", "handoff_requested"}, action="return to the bot")
+            return [ConversationReturnedToBot(conversation_id=cid, operator=command.operator)]
+        case CloseConversation():
+            _require(current, allowed={"bot", "handoff_requested", "human"}, action="close")
+            return [ConversationClosed(conversation_id=cid, reason=command.reason,
+                                       closed_by=command.closed_by)]  # fmt: skip
+        case RequestOutboundMessage():
+            _require(
+                current, allowed={"bot", "handoff_requested", "human", "closed"}, action="send"
+            )
+            check_send(
+                author=command.author,
+                state=current.state,
+                opted_out=current.opted_out,
+                window_open_until=current.window_open_until,
+                now=ctx.now,
+                is_template=command.content_sid is not None,
+            )
+            return [
+                OutboundMessageRequested(
+                    conversation_id=cid,
+                    outbound_id=str(uuid5(ctx.command_id, "outbound")),
+                    author=command.author,
+                    contact=current.contact,
+                    sender=current.sender,
+                    body=command.body,
+                    content_sid=command.content_sid,
+                    content_variables=command.content_variables,
+                )
+            ]
+        case _:
+            assert_never(command)
+
+
+def _require(current: Conversation, *, allowed: set[str], action: str) -> None:
+    if not current.started:
+        raise Rejected("unknown_conversation", f"cannot {action}: no such conversation")
+    if current.state not in allowed:
+        raise Rejected(f"invalid_state_{current.state}", f"cannot {action} while {current.state}")
+
+
+def _receive(
+    current: Conversation, command: ReceiveInboundMessage, ctx: Context
+) -> list[ConversationEvent]:
+    cid, sid = current.conversation_id, command.message_sid
+    if sid in current.inbound_sids:
+        return []  # Twilio retried, or the webhook was replayed: recorded exactly once
+    events: list[ConversationEvent] = []
+    if not current.started:
+        events.append(ConversationStarted(conversation_id=cid, contact=command.contact,
+                                          sender=command.sender))  # fmt: skip
+    elif current.state == "closed":
+        events.append(ConversationReopened(conversation_id=cid, message_sid=sid))
+    fields = command.payload()
+    del fields["account_sid"]
+    events.append(
+        InboundMessageReceived(
+            **fields,
+            conversation_id=cid,
+            received_at=ctx.now,
+            window_open_until=ctx.now + SERVICE_WINDOW,
+        )
+    )
+    consent = keyword(command.body)
+    if consent is not None and consent[0] == "opt_out" and not current.opted_out:
+        events.append(ContactOptedOut(conversation_id=cid, keyword=consent[1], message_sid=sid))
+    if consent is not None and consent[0] == "opt_in" and current.opted_out:
+        events.append(ContactOptedIn(conversation_id=cid, keyword=consent[1], message_sid=sid))
+    return events
+
+
+def evolve(current: Conversation, event: ConversationEvent) -> Conversation:
+    match event:
+        case ConversationStarted():
+            return replace(current, started=True, contact=event.contact, sender=event.sender)
+        case InboundMessageReceived():
+            return replace(
+                current,
+                inbound_sids=current.inbound_sids | {event.message_sid},
+                window_open_until=event.window_open_until,
+            )
+        case DeliveryStatusChanged():
+            return replace(current, statuses={**current.statuses, event.message_sid: event.status})
+        case ContactOptedOut():
+            return replace(current, opted_out=True)
+        case ContactOptedIn():
+            return replace(current, opted_out=False)
+        case HandoffRequested():
+            return replace(current, state="handoff_requested")
+        case ConversationHandedOff():
+            return replace(current, state="human")
+        case ConversationReturnedToBot() | ConversationReopened():
+            return replace(current, state="bot")
+        case ConversationClosed():
+            return replace(current, state="closed")
+        case OutboundMessageRequested():
+            return current
+        case _:
+            assert_never(event)

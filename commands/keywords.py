@@ -1,0 +1,26 @@
+"""Opt-out and opt-in keywords (English, Portuguese, Spanish), matched on the whole message."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Final, Literal
+
+OPT_OUT: Final = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "PARAR", "SAIR", "CANCELAR", "BAJA"}
+)
+OPT_IN: Final = frozenset({"START", "YES", "UNSTOP", "VOLTAR"})
+
+
+def _normalise(body: str) -> str:
+    stripped = unicodedata.normalize("NFKD", body.strip().strip(".!¡").strip())
+    return "".join(c for c in stripped if not unicodedata.combining(c)).upper()
+
+
+def keyword(body: str) -> tuple[Literal["opt_out", "opt_in"], str] | None:
+    """Which consent keyword the whole message is, if any ("Stop!", " parar " count; "stop it" not)."""
+    word = _normalise(body)
+    if word in OPT_OUT:
+        return "opt_out", word
+    if word in OPT_IN:
+        return "opt_in", word
+    return None

@@ -1,0 +1,168 @@
+"""Events of one conversation ("conversation:<id>"): one per (tenant, contact address)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from events.registry import Message
+
+type Status = Literal["queued", "sending", "sent", "delivered", "read", "failed", "undelivered"]
+type State = Literal["bot", "handoff_requested", "human", "closed"]
+type Author = Literal["bot", "human"]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Media(_Part):
+    url: str
+    content_type: str | None = None
+
+
+class Location(_Part):
+    latitude: str
+    longitude: str
+    address: str | None = None
+    label: str | None = None
+
+
+class Button(_Part):
+    payload: str | None = None
+    text: str | None = None
+    type: str | None = None
+
+
+class ConversationStarted(Message):
+    type: Literal["ConversationStarted"] = "ConversationStarted"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    contact: str = Field(description="The customer's address, e.g. whatsapp:+5511… or a BSUID.")
+    sender: str = Field(description="The tenant's WhatsApp sender the customer wrote to.")
+
+
+class InboundMessageReceived(Message):
+    """A customer's message, recorded exactly once per Twilio MessageSid."""
+
+    type: Literal["InboundMessageReceived"] = "InboundMessageReceived"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    message_sid: str
+    contact: str
+    sender: str
+    body: str
+    media: list[Media] = Field(default_factory=list)
+    profile_name: str | None = None
+    wa_id: str | None = None
+    location: Location | None = None
+    button: Button | None = None
+    referral: dict[str, str] = Field(default_factory=dict)
+    replied_to_sid: str | None = None
+    extra: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="Parameters Twilio sent that we do not model (kept)."
+    )
+    received_at: AwareDatetime
+    window_open_until: AwareDatetime = Field(description="WhatsApp's 24-hour service window.")
+
+
+class DeliveryStatusChanged(Message):
+    """An outbound message's status moved forward (never backward)."""
+
+    type: Literal["DeliveryStatusChanged"] = "DeliveryStatusChanged"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    message_sid: str
+    status: Status
+    previous_status: Status | None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class ContactOptedOut(Message):
+    type: Literal["ContactOptedOut"] = "ContactOptedOut"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    keyword: str
+    message_sid: str
+
+
+class ContactOptedIn(Message):
+    type: Literal["ContactOptedIn"] = "ContactOptedIn"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    keyword: str
+    message_sid: str
+
+
+class HandoffRequested(Message):
+    type: Literal["HandoffRequested"] = "HandoffRequested"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    reason: str
+    requested_by: str
+
+
+class ConversationHandedOff(Message):
+    """A human operator owns the conversation; the bot must not send."""
+
+    type: Literal["ConversationHandedOff"] = "ConversationHandedOff"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    operator: str
+    reason: str
+
+
+class ConversationReturnedToBot(Message):
+    type: Literal["ConversationReturnedToBot"] = "ConversationReturnedToBot"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    operator: str
+
+
+class ConversationClosed(Message):
+    type: Literal["ConversationClosed"] = "ConversationClosed"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    reason: str
+    closed_by: str
+
+
+class ConversationReopened(Message):
+    """A closed conversation got a new inbound message: it is the bot's again (ADR 0007)."""
+
+    type: Literal["ConversationReopened"] = "ConversationReopened"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    message_sid: str
+
+
+class OutboundMessageRequested(Message):
+    """The send policy allowed a message; the sender turns it into one Twilio API call."""
+
+    type: Literal["OutboundMessageRequested"] = "OutboundMessageRequested"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    outbound_id: str
+    author: Author
+    contact: str
+    sender: str
+    body: str | None = None
+    content_sid: str | None = None
+    content_variables: dict[str, str] = Field(default_factory=dict)
+
+
+type ConversationEvent = (
+    ConversationStarted
+    | InboundMessageReceived
+    | DeliveryStatusChanged
+    | ContactOptedOut
+    | ContactOptedIn
+    | HandoffRequested
+    | ConversationHandedOff
+    | ConversationReturnedToBot
+    | ConversationClosed
+    | ConversationReopened
+    | OutboundMessageRequested
+)
