@@ -17,7 +17,7 @@ def _normalise(body: str) -> str:
 
 
 def keyword(body: str) -> tuple[Literal["opt_out", "opt_in"], str] | None:
-    """Which consent keyword the whole message is, if any ("Stop!", " parar " count; "stop it" not)."""
+    """The consent keyword the whole message is, if any: "Stop!" counts, "stop it" does not."""
     word = _normalise(body)
     if word in OPT_OUT:
         return "opt_out", word
