@@ -42,6 +42,16 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "ZAPFLOW_OPENAI_BASE_URL")
     )
 
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key for tenant secrets at rest (urlsafe base64 of 32 bytes). Unset: "
+        "`zapflow up` creates <state_dir>/secret.key once and every command there uses it.",
+    )
+    webhook_max_body_bytes: int = Field(65536, ge=1024, description="Larger webhooks get 413.")
+    produce_timeout_s: float = Field(
+        2.0, gt=0, description="Webhook produce wait before the command is spooled instead."
+    )
+
     topic_partitions: int = Field(12, ge=1, le=1024, description="Partitions of each topic.")
     topic_replication: int = Field(1, ge=1, le=7, description="Replication factor of topics.")
     broker_port: int = Field(0, ge=0, le=65535, description="Dev broker port; 0 picks a free one.")
@@ -56,10 +66,14 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
-    @field_validator("openai_api_key", mode="before")
+    @field_validator("openai_api_key", "secret_key", mode="before")
     @classmethod
     def _blank_key_is_unset(cls, value: object) -> object:
         return value or None
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.state_dir / "secret.key"
 
     @property
     def runtime_file(self) -> Path:
