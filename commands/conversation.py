@@ -53,6 +53,30 @@ type ConversationCommand = (
 )
 
 
+CONVERSATION_COMMANDS: Final = (
+    ReceiveInboundMessage,
+    RecordDeliveryStatus,
+    RequestHandoff,
+    HandOffToHuman,
+    ReturnToBot,
+    CloseConversation,
+    RequestOutboundMessage,
+)
+CONVERSATION_EVENTS: Final = (
+    ConversationStarted,
+    InboundMessageReceived,
+    DeliveryStatusChanged,
+    ContactOptedOut,
+    ContactOptedIn,
+    HandoffRequested,
+    ConversationHandedOff,
+    ConversationReturnedToBot,
+    ConversationClosed,
+    ConversationReopened,
+    OutboundMessageRequested,
+)
+
+
 def conversation_id(tenant_id: UUID, contact: str) -> str:
     """One conversation per (tenant, contact address), whatever the address's shape."""
     return str(uuid5(tenant_id, f"conversation:{contact}"))

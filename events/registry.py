@@ -25,6 +25,8 @@ class Message(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    type: str
+    schema_version: int
     _envelope_fields: ClassVar[frozenset[str]] = frozenset({"type", "schema_version"})
 
     def payload(self) -> Payload:

@@ -46,7 +46,22 @@ async def read_all(
     if partitions is None:
         await consumer._client.force_metadata_update()  # aiokafka has no public refresh
         partitions = consumer.partitions_for_topic(topic) or set()
-    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    async for item in read_partitions(consumer, topic, sorted(partitions), idle_timeout_ms):
+        yield item
+
+
+async def read_partition(
+    consumer: AIOKafkaConsumer, topic: str, partition: int, idle_timeout_ms: int = 5000
+) -> AsyncIterator[tuple[Position, EventEnvelope]]:
+    """One partition's events from offset 0 to its end as first seen (see `read_all`)."""
+    async for item in read_partitions(consumer, topic, [partition], idle_timeout_ms):
+        yield item
+
+
+async def read_partitions(
+    consumer: AIOKafkaConsumer, topic: str, partitions: list[int], idle_timeout_ms: int
+) -> AsyncIterator[tuple[Position, EventEnvelope]]:
+    assigned = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(assigned)
     await consumer.seek_to_beginning(*assigned)
     # Wrong on the dev broker for the exact end, but zero exactly when a partition is empty.

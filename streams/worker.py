@@ -1,8 +1,8 @@
 """The long-running worker processes; each connects, runs its handler loop, and stops on SIGTERM.
 
-Until their issues land, the decider, agent, sender and projector have no handlers: they
-prove they can reach the broker, report ready, and shut down cleanly. They deliberately do not
-join consumer groups yet, so no offset is committed past a command nobody handled.
+The decider runs `streams.decider`. Until their issues land, the agent and sender have no
+handlers: they prove they can reach the broker, report ready, and shut down cleanly, and do not
+join consumer groups, so no offset is committed past an event nobody handled.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ class WorkerStartError(Exception):
     """The worker could not reach what it needs."""
 
 
-async def run_worker(name: WorkerName, bootstrap_servers: str, connect_timeout_s: float) -> None:
+async def run_worker(
+    name: WorkerName,
+    bootstrap_servers: str,
+    connect_timeout_s: float,
+    *,
+    instance_id: str | None = None,
+    session_timeout_ms: int = 10_000,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -32,6 +39,14 @@ async def run_worker(name: WorkerName, bootstrap_servers: str, connect_timeout_s
     problem = await kafka.probe(bootstrap_servers, connect_timeout_s)
     if problem is not None:
         raise WorkerStartError(f"{name}: broker {bootstrap_servers} unreachable: {problem}")
-    log.info("%s ready (no handlers registered yet)", name)
-    await stop.wait()
+    if name == "decider":
+        from streams.decider import run_decider
+
+        log.info("decider starting (group join can take seconds on the dev broker)")
+        await run_decider(
+            bootstrap_servers, stop, instance_id=instance_id, session_timeout_ms=session_timeout_ms
+        )
+    else:
+        log.info("%s ready (no handlers registered yet)", name)
+        await stop.wait()
     log.info("%s stopped", name)

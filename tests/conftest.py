@@ -22,6 +22,7 @@ import pytest
 from projections.database import connect, ensure_database
 from zapflow.devbroker import start_dev_broker
 from zapflow.devdb import start_embedded_postgres
+from zapflow.setup import ensure_topics_on
 
 
 def _containers_wanted() -> bool:
@@ -106,3 +107,14 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def fresh_broker(tmp_path: Path) -> AsyncIterator[str]:
+    """A broker of the test's own, with zapflow's topics (for tests of fixed-name topics)."""
+    broker = start_dev_broker(0, tmp_path / "tansu.log")
+    try:
+        await ensure_topics_on(broker.bootstrap_servers, partitions=12)
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()

@@ -77,7 +77,15 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     endpoints = resolve(settings)
     try:
-        asyncio.run(run_worker(args.name, endpoints.bootstrap_servers, settings.connect_timeout_s))
+        asyncio.run(
+            run_worker(
+                args.name,
+                endpoints.bootstrap_servers,
+                settings.connect_timeout_s,
+                instance_id=f"{settings.instance_id}-{args.name}" if settings.instance_id else None,
+                session_timeout_ms=settings.group_session_timeout_ms,
+            )
+        )
     except WorkerStartError as exc:
         raise ConfigurationError(
             "KAFKA_BOOTSTRAP_SERVERS", endpoints.bootstrap_servers, str(exc)

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     postgres_port: int = Field(
         0, ge=0, le=65535, description="Embedded PostgreSQL port; 0 reuses the last or picks one."
     )
+    instance_id: str | None = Field(
+        default=None, description="Static group membership id of this host's workers."
+    )
+    group_session_timeout_ms: int = Field(
+        10_000, ge=1000, description="Consumer-group session timeout of the workers."
+    )
     connect_timeout_s: float = Field(10.0, gt=0, description="Fail-fast limit for dependencies.")
     shutdown_grace_s: float = Field(10.0, gt=0, description="SIGTERM → SIGKILL grace period.")
 

@@ -42,10 +42,18 @@ async def apply_migrations(database_url: str, timeout_s: float) -> list[str]:
 
 async def ensure(bootstrap_servers: str, settings: Settings) -> EnsureReport:
     await check_broker(bootstrap_servers, settings.connect_timeout_s)
-    client = kafka.admin(bootstrap_servers, settings.connect_timeout_s)
+    return await ensure_topics_on(
+        bootstrap_servers, settings.topic_partitions, settings.topic_replication
+    )
+
+
+async def ensure_topics_on(
+    bootstrap_servers: str, partitions: int, replication: int = 1
+) -> EnsureReport:
+    client = kafka.admin(bootstrap_servers)
     await client.start()
     try:
-        return await ensure_topics(client, settings.topic_partitions, settings.topic_replication)
+        return await ensure_topics(client, partitions, replication)
     finally:
         await client.close()
 

@@ -1,0 +1,214 @@
+"""The decider: consumes `zapflow.commands`, the only writer of `zapflow.events` (ADR 0003).
+
+Per fetched batch and partition: decide every command against the tenant's book, seal the
+events into the tenant's chain, append them (each command's events in one record batch, so a
+command's events land together or not at all), await acks=all, and only then fold them into
+the books and commit the command offsets. If appending fails, the partition's books are rebuilt
+from the log and the consumer seeks back to the last commit: nothing is decided twice against
+a state the log does not have. On assignment, a partition's books are rebuilt by reading the
+same partition of `zapflow.events` (both topics are keyed by tenant with equal partition counts).
+
+A command that cannot be decoded, or whose decision raises anything but a business rejection,
+fails deterministically: it goes to `zapflow.dlq` with the error at once (retrying a pure
+function cannot help) and the tenant's later commands continue. Business rejections become
+`CommandRejected` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from events.chain import seal
+from events.envelope import EventEnvelope, decode_command, encode_event
+from streams import kafka
+from streams.log import read_partition
+from streams.tenant_book import TenantBook
+from streams.topics import COMMANDS, DLQ, EVENTS
+
+log = logging.getLogger("zapflow.decider")
+GROUP = "zapflow-decider-v1"
+_BATCH_BYTES = 1_000_000
+
+
+@dataclass(slots=True)
+class _PartitionBooks:
+    books: dict[UUID, TenantBook] = field(default_factory=dict)
+
+    def book(self, tenant_id: UUID) -> TenantBook:
+        found = self.books.get(tenant_id)
+        if found is None:
+            found = self.books[tenant_id] = TenantBook(tenant_id)
+        return found
+
+
+class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, bootstrap_servers: str, producer: AIOKafkaProducer) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.producer = producer
+        self.partitions: dict[int, _PartitionBooks] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        for tp in revoked:
+            self.partitions.pop(tp.partition, None)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        for tp in assigned:
+            await self.rebuild(tp.partition)
+
+    async def rebuild(self, partition: int) -> None:
+        books = _PartitionBooks()
+        reader = kafka.groupless_consumer(self.bootstrap_servers)
+        await reader.start()
+        count = 0
+        try:
+            async for _position, envelope in read_partition(reader, EVENTS, partition):
+                count += books.book(envelope.tenant_id).apply(envelope)
+        finally:
+            await reader.stop()
+        self.partitions[partition] = books
+        log.info("partition %d rebuilt from %d events, %d tenants", partition, count,
+                 len(books.books))  # fmt: skip
+
+    async def handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        books = self.partitions.get(tp.partition)
+        if books is None:
+            await self.rebuild(tp.partition)
+            books = self.partitions[tp.partition]
+        staged: dict[UUID, TenantBook] = {}
+        per_command: list[list[EventEnvelope]] = []
+        for record in records:
+            envelopes = await self._decide(books, staged, record)
+            if envelopes:
+                per_command.append(envelopes)
+        await self._append(tp.partition, per_command)
+        for envelopes in per_command:
+            for envelope in envelopes:
+                books.book(envelope.tenant_id).apply(envelope)
+
+    async def _decide(
+        self, books: _PartitionBooks, staged: dict[UUID, TenantBook], record: ConsumerRecord
+    ) -> list[EventEnvelope]:
+        try:
+            command = decode_command(record.value)
+            book = staged.get(command.tenant_id)
+            if book is None:
+                book = staged[command.tenant_id] = _copy(books.book(command.tenant_id))
+            recorded_at = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+            drafts = book.decide(command, recorded_at)
+            envelopes = []
+            for draft in drafts:
+                envelope = seal(draft, book.head)
+                book.apply(envelope)  # staged only: the real books change after the acks
+                envelopes.append(envelope)
+            return envelopes
+        except Exception as exc:  # noqa: BLE001 - a poison command must not block its tenant
+            await self._dead_letter(record, exc)
+            return []
+
+    async def _append(self, partition: int, per_command: list[list[EventEnvelope]]) -> None:
+        futures = []
+        batch = self.producer.create_batch()
+        for envelopes in per_command:
+            encoded = [encode_event(envelope) for envelope in envelopes]
+            size = sum(len(value) + len(key) + 64 for key, value, _ in encoded)
+            if batch.record_count() and batch.size() + size > _BATCH_BYTES:
+                futures.append(await self.producer.send_batch(batch, EVENTS, partition=partition))
+                batch = self.producer.create_batch()
+            for key, value, headers in encoded:
+                metadata = batch.append(key=key, value=value, timestamp=None, headers=headers)
+                assert metadata is not None, "an event larger than the batch limit"
+        if batch.record_count():
+            futures.append(await self.producer.send_batch(batch, EVENTS, partition=partition))
+        await asyncio.gather(*futures)
+
+    async def _dead_letter(self, record: ConsumerRecord, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:2000]
+        log.error("command dead-lettered: %s", reason.splitlines()[0],
+                  extra={"tenant_id": (record.key or b"").decode(errors="replace")})  # fmt: skip
+        headers = [
+            ("zf-error", reason.encode()),
+            ("zf-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            *record.headers,
+        ]
+        await self.producer.send_and_wait(DLQ, record.value, key=record.key, headers=headers)
+
+
+def _copy(book: TenantBook) -> TenantBook:
+    # Conversations are immutable values, so a shallow copy of the containers is a snapshot.
+    return TenantBook(
+        book.tenant_id,
+        book.head,
+        book.profile,
+        dict(book.conversations),
+        book.recent_commands.copy(),
+    )
+
+
+async def run_decider(
+    bootstrap_servers: str,
+    stop: asyncio.Event,
+    *,
+    instance_id: str | None = None,
+    session_timeout_ms: int = 10_000,
+    max_records: int = 5000,
+) -> None:
+    producer = kafka.producer(bootstrap_servers, max_batch_size=_BATCH_BYTES, linger_ms=0)
+    await producer.start()
+    decider = Decider(bootstrap_servers, producer)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=GROUP,
+        group_instance_id=instance_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(500, session_timeout_ms // 5),
+        max_poll_records=max_records,
+    )
+    decider.consumer = consumer
+    consumer.subscribe([COMMANDS], listener=decider)
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+            for tp, records in batches.items():
+                try:
+                    await decider.handle(tp, records)
+                except KafkaError as exc:
+                    log.warning("append failed (%s); rebuilding partition %d", exc, tp.partition)
+                    await _recover(consumer, decider, tp)
+                    continue
+                await consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "")})
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _recover(consumer: AIOKafkaConsumer, decider: Decider, tp: TopicPartition) -> None:
+    await asyncio.sleep(1.0)
+    committed = await consumer.committed(tp)
+    await decider.rebuild(tp.partition)
+    if committed is None:
+        await consumer.seek_to_beginning(tp)
+    else:
+        consumer.seek(tp, committed)
+
+
+def tenants_by_partition(decider: Decider) -> dict[int, list[UUID]]:
+    """For diagnostics and tests: which tenants each owned partition holds."""
+    found: dict[int, list[UUID]] = defaultdict(list)
+    for partition, books in decider.partitions.items():
+        found[partition].extend(books.books)
+    return dict(found)

@@ -1,0 +1,118 @@
+"""What the decider knows of one tenant, folded from the log: chain head, profile, conversations.
+
+`decide` routes a command to the pure decider of its aggregate and seals nothing; `apply` folds
+one appended event. The decider shell calls `apply` only after the log acknowledged the event
+(ARCHITECTURE §2.3), or while rebuilding from the log.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+from uuid import UUID, uuid5
+
+from commands import conversation as conv
+from commands.catalog import COMMAND_REGISTRY
+from commands.errors import Rejected
+from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
+from commands.tenant import RegisterTenant, TenantProfile, decide_registration, evolve_registration
+from events.catalog import EVENT_REGISTRY
+from events.chain import GENESIS, ChainHead, head_of
+from events.envelope import CommandEnvelope, EventDraft, EventEnvelope
+from events.platform import CommandRejected
+from events.registry import Message
+from events.tenant import TenantRegistered
+
+# Commands re-delivered after a crash are recognised by id for this many recent commands.
+RECENT_COMMANDS: Final = 10_000
+
+
+@dataclass(slots=True)
+class TenantBook:
+    tenant_id: UUID
+    head: ChainHead = GENESIS
+    profile: TenantProfile | None = None
+    conversations: dict[str, conv.Conversation] = field(default_factory=dict)
+    recent_commands: OrderedDict[UUID, None] = field(default_factory=OrderedDict)
+
+    def decide(self, command: CommandEnvelope, recorded_at: datetime) -> list[EventDraft]:
+        """The drafts `command` produces (none when it was already decided)."""
+        if command.command_id in self.recent_commands:
+            return []
+        body = COMMAND_REGISTRY.decode(command.type, command.schema_version, command.payload)
+        stream, events = self._route(body, command)
+        return [
+            EventDraft(
+                event_id=uuid5(command.command_id, str(index)),
+                type=event.type,
+                schema_version=event.schema_version,
+                tenant_id=self.tenant_id,
+                stream=stream,
+                occurred_at=command.issued_at,
+                recorded_at=recorded_at,
+                correlation_id=command.correlation_id,
+                causation_id=command.command_id,
+                payload=event.payload(),
+            )
+            for index, event in enumerate(events)
+        ]
+
+    def _route(self, body: Message, command: CommandEnvelope) -> tuple[str, list[Message]]:
+        if isinstance(body, RegisterTenant):
+            stream = f"tenant:{self.tenant_id}"
+            try:
+                return stream, [decide_registration(self.profile, body)]
+            except Rejected as rejected:
+                return stream, [_rejection(command, rejected)]
+        if not isinstance(body, conv.CONVERSATION_COMMANDS):
+            unsupported = Rejected("unsupported_command", f"{body.type} has no handler")
+            return f"tenant:{self.tenant_id}", [_rejection(command, unsupported)]
+        if isinstance(body, ReceiveInboundMessage | RecordDeliveryStatus):
+            cid = conv.conversation_id(self.tenant_id, body.contact)
+        else:
+            cid = body.conversation_id
+        stream = f"conversation:{cid}"
+        try:
+            self._guard_tenant(body)
+            current = self.conversations.get(cid) or conv.Conversation(cid)
+            ctx = conv.Context(command.command_id, command.issued_at)
+            return stream, list(conv.decide(current, body, ctx))
+        except Rejected as rejected:
+            return stream, [_rejection(command, rejected)]
+
+    def _guard_tenant(self, body: Message) -> None:
+        if self.profile is None:
+            raise Rejected("unknown_tenant", "the tenant is not registered")
+        if isinstance(body, ReceiveInboundMessage | RecordDeliveryStatus):
+            if body.account_sid != self.profile.account_sid:
+                raise Rejected("tenant_mismatch", "AccountSid does not belong to this tenant")
+            if body.sender not in self.profile.senders:
+                raise Rejected("tenant_mismatch", "the sender does not belong to this tenant")
+
+    def apply(self, envelope: EventEnvelope) -> bool:
+        """Fold one event from the log; False for a duplicate (already applied)."""
+        if envelope.tenant_seq <= self.head.tenant_seq:
+            return False
+        self.head = head_of(envelope)
+        self.recent_commands[envelope.causation_id] = None
+        while len(self.recent_commands) > RECENT_COMMANDS:
+            self.recent_commands.popitem(last=False)
+        event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
+        if isinstance(event, TenantRegistered):
+            self.profile = evolve_registration(event)
+        elif isinstance(event, conv.CONVERSATION_EVENTS):
+            current = self.conversations.get(event.conversation_id)
+            current = current or conv.Conversation(event.conversation_id)
+            self.conversations[event.conversation_id] = conv.evolve(current, event)
+        return True
+
+
+def _rejection(command: CommandEnvelope, rejected: Rejected) -> CommandRejected:
+    return CommandRejected(
+        command_id=str(command.command_id),
+        command_type=command.type,
+        reason_code=rejected.code,
+        reason=rejected.reason,
+    )
