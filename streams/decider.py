@@ -112,10 +112,10 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
                 envelope = seal(draft, book.head)
                 book.apply(envelope)  # staged only: the real books change after the acks
                 envelopes.append(envelope)
-            return envelopes
         except Exception as exc:  # noqa: BLE001 - a poison command must not block its tenant
             await self._dead_letter(record, exc)
             return []
+        return envelopes
 
     async def _append(self, partition: int, per_command: list[list[EventEnvelope]]) -> None:
         futures = []

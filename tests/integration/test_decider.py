@@ -1,4 +1,4 @@
-"""The decider against a real broker: exactly-once inbound, monotonic status, chain, DLQ, restart."""
+"""The decider on a real broker: exactly-once inbound, monotonic status, chain, DLQ, restart."""
 
 from __future__ import annotations
 
