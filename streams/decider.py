@@ -57,15 +57,20 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
         self.bootstrap_servers = bootstrap_servers
         self.producer = producer
         self.partitions: dict[int, _PartitionBooks] = {}
-        self.consumer: AIOKafkaConsumer | None = None
+        # aiokafka runs rebalance callbacks in its coordinator task, concurrently with our
+        # loop: without this lock a partition could be rebuilt from the log while a batch's
+        # append is in flight, and the next command would be decided on a stale head (a fork).
+        self.lock = asyncio.Lock()
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        for tp in revoked:
-            self.partitions.pop(tp.partition, None)
+        async with self.lock:
+            for tp in revoked:
+                self.partitions.pop(tp.partition, None)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        for tp in assigned:
-            await self.rebuild(tp.partition)
+        async with self.lock:
+            for tp in assigned:
+                await self.rebuild(tp.partition)
 
     async def rebuild(self, partition: int) -> None:
         books = _PartitionBooks()
@@ -78,8 +83,8 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
         finally:
             await reader.stop()
         self.partitions[partition] = books
-        log.info("partition %d rebuilt from %d events, %d tenants", partition, count,
-                 len(books.books))  # fmt: skip
+        heads = {str(t)[:8]: b.head.tenant_seq for t, b in books.books.items()}
+        log.info("partition %d rebuilt from %d events, heads %s", partition, count, heads)
 
     async def handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         books = self.partitions.get(tp.partition)
@@ -93,6 +98,10 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
             if envelopes:
                 per_command.append(envelopes)
         await self._append(tp.partition, per_command)
+        if log.isEnabledFor(logging.DEBUG):
+            seqs = [(str(e.tenant_id)[:8], e.tenant_seq) for c in per_command for e in c]
+            log.debug("partition %d offsets %d..%d appended %s", tp.partition,
+                      records[0].offset, records[-1].offset, seqs[:1] + seqs[-1:])  # fmt: skip
         for envelopes in per_command:
             for envelope in envelopes:
                 books.book(envelope.tenant_id).apply(envelope)
@@ -177,20 +186,22 @@ async def run_decider(
         heartbeat_interval_ms=max(500, session_timeout_ms // 5),
         max_poll_records=max_records,
     )
-    decider.consumer = consumer
     consumer.subscribe([COMMANDS], listener=decider)
     await consumer.start()
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
             for tp, records in batches.items():
-                try:
-                    await decider.handle(tp, records)
-                except KafkaError as exc:
-                    log.warning("append failed (%s); rebuilding partition %d", exc, tp.partition)
-                    await _recover(consumer, decider, tp)
-                    continue
-                await consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "")})
+                async with decider.lock:
+                    if tp not in consumer.assignment():
+                        continue  # revoked while we waited: its new owner decides these
+                    try:
+                        await decider.handle(tp, records)
+                    except KafkaError as exc:
+                        log.warning("append failed (%s); rebuilding %d", exc, tp.partition)
+                        await _recover(consumer, decider, tp)
+                        continue
+                    await consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "")})
     finally:
         await consumer.stop()
         await producer.stop()

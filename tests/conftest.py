@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -56,13 +57,15 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("postgres:17", driver=None) as container:
             yield container.get_connection_url()
         return
-    server = start_embedded_postgres(
-        tmp_path_factory.mktemp("pg"), 0, tmp_path_factory.mktemp("pglog") / "pg.log"
-    )
+    # Not under pytest's base temp: a concurrent pytest session resets that folder to 0o700,
+    # which locks out the server's unprivileged user mid-run.
+    home = Path(tempfile.mkdtemp(prefix="zapflow-test-pg-"))
+    server = start_embedded_postgres(home, 0, home / "pg.log")
     try:
         yield server.url("postgres")
     finally:
         server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _with_database(url: str, database: str) -> str:
