@@ -42,3 +42,31 @@ def chain(tenant_id: uuid.UUID, count: int, start: ChainHead = GENESIS) -> list[
         sealed.append(envelope)
         head = head_of(envelope)
     return sealed
+
+
+def tenant_registered(tenant_id: uuid.UUID, index: int = 0, **overrides: object) -> EventDraft:
+    """A `TenantRegistered` draft; `overrides` replace payload fields, unvalidated (for poison)."""
+    import hashlib
+
+    from events.tenant import TenantRegistered
+
+    command_id = uuid.uuid5(tenant_id, f"register-{index}")
+    event = TenantRegistered(
+        name=f"Tenant {tenant_id.hex[:6]}",
+        twilio_account_sid=f"AC{tenant_id.hex}",
+        twilio_auth_token_encrypted=f"encrypted-{tenant_id.hex}",
+        senders=["whatsapp:+14155238886", f"whatsapp:+1555{tenant_id.int % 10**7:07d}"],
+        api_key_sha256=hashlib.sha256(f"key-{tenant_id}".encode()).hexdigest(),
+    )
+    return EventDraft(
+        event_id=uuid.uuid5(command_id, "0"),
+        type=event.type,
+        schema_version=event.schema_version,
+        tenant_id=tenant_id,
+        stream=f"tenant:{tenant_id}",
+        occurred_at=EPOCH + timedelta(seconds=index),
+        recorded_at=EPOCH + timedelta(seconds=index, milliseconds=5),
+        correlation_id=command_id,
+        causation_id=command_id,
+        payload={**event.payload(), **overrides},
+    )

@@ -1,0 +1,194 @@
+"""The projector: one group-less consumer that feeds every partition of the event log to the
+projections, whose positions live in PostgreSQL next to their rows (see `projections.batch`).
+
+- One process owns every partition (manual assignment, no consumer group, nothing committed to
+  Kafka): no rebalances, and the development broker's slow group joins do not apply. Each
+  partition seeks to the smallest checkpoint of the projections; each projection then skips the
+  records below its own checkpoint.
+- A record that is not an event, or an event a projection cannot apply, poisons its partition:
+  the records before it are committed, the checkpoint stays on it, an error is logged with the
+  tenant and event ids, and the partition is paused. Nothing is skipped and the other partitions
+  keep going. After a backoff that doubles from `retry_after_s` up to `_MAX_RETRY_S` the
+  partition seeks back to its checkpoint and tries again, so a transient failure heals by itself
+  and a poison event blocks its partition until the code is fixed (no dead-lettering yet).
+- A partition whose log ends before its checkpoint (a development broker restarted with an empty
+  log that was not restored) is stopped the same way instead of waiting silently for offsets it
+  would then skip. Its end is the fetch response's high watermark, never `end_offsets()`, which
+  the development broker gets wrong (ADR 0006).
+- A lost database connection is not a poison: the runner raises and its process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from events.envelope import HEADER_ID, EventEnvelope, header
+from projections import checkpoints, tenants
+from projections.batch import Projection, Record, checkpoint_names, project_up_to_poison
+from projections.database import Conn, connect
+
+__all__ = ["PROJECTIONS", "MissingTopic", "ModuleProjection", "Projection", "run_projector"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleProjection:
+    """A projection module (`NAME` and `apply`) as a `Projection`."""
+
+    name: str
+    apply_event: Callable[[Conn, EventEnvelope], Awaitable[None]] = field(repr=False)
+
+    async def apply(self, conn: Conn, envelope: EventEnvelope) -> None:
+        await self.apply_event(conn, envelope)
+
+
+PROJECTIONS: Final[tuple[Projection, ...]] = (ModuleProjection(tenants.NAME, tenants.apply),)
+
+_MAX_RETRY_S: Final = 300.0
+_POLL_MS: Final = 200
+
+log = logging.getLogger("zapflow.projector")
+
+
+class MissingTopic(Exception):
+    """The event topic does not exist (run `zapflow setup`)."""
+
+
+async def run_projector(
+    bootstrap_servers: str,
+    database_url: str,
+    stop: asyncio.Event,
+    projections: Sequence[Projection] = PROJECTIONS,
+    topic: str = "zapflow.events",
+    batch_max: int = 1000,
+    retry_after_s: float = 5.0,
+    drain_s: float = 5.0,
+) -> None:
+    """Project `topic` into PostgreSQL until `stop` is set."""
+    conn = await connect(database_url)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    try:
+        await consumer.start()
+        runner = _Runner(conn, consumer, tuple(projections), topic, retry_after_s)
+        await runner.assign()
+        while not stop.is_set():
+            await runner.resume_due()
+            batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=batch_max)
+            for tp, records in batch.items():
+                await runner.project(tp, records)
+            runner.check_log_ends()
+        # Drain: `zapflow up` stops the projector last, after the decider, so what is in the
+        # log now is all there will be; archive it before the in-memory dev broker goes away.
+        deadline = asyncio.get_running_loop().time() + drain_s
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=batch_max)
+            if not batch:
+                break
+            for tp, records in batch.items():
+                await runner.project(tp, records)
+    finally:
+        await consumer.stop()
+        await conn.close()
+
+
+@dataclass(slots=True)
+class _Runner:
+    """Which partitions run, where each was sent, and when a stopped one is retried."""
+
+    conn: Conn
+    consumer: AIOKafkaConsumer
+    projections: tuple[Projection, ...]
+    topic: str
+    retry_after_s: float
+    failures: dict[TopicPartition, int] = field(default_factory=dict)
+    resume_at: dict[TopicPartition, float] = field(default_factory=dict)
+    sought: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
+    """Partitions whose log end is not yet checked: (checkpoint, when sought, epoch ms)."""
+
+    async def assign(self) -> None:
+        partitions = self.consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            await self.consumer._client.force_metadata_update()  # aiokafka has no public refresh
+            partitions = self.consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise MissingTopic(f"topic {self.topic} does not exist")
+        assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self.consumer.assign(assigned)
+        for tp in assigned:
+            await self._seek_to_checkpoint(tp)
+        names = [projection.name for projection in self.projections]
+        log.info("projecting %s (%d partitions) into %s", self.topic, len(assigned), names)
+
+    async def _seek_to_checkpoint(self, tp: TopicPartition) -> None:
+        names = checkpoint_names(self.projections)
+        offsets = await checkpoints.next_offsets(self.conn, names, tp.topic, tp.partition)
+        offset = min(offsets.values(), default=0)
+        self.consumer.seek(tp, offset)
+        if offset > 0:
+            self.sought[tp] = (offset, int(time.time() * 1000))
+
+    async def resume_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for tp, when in list(self.resume_at.items()):
+            if when <= now:
+                del self.resume_at[tp]
+                await self._seek_to_checkpoint(tp)
+                self.consumer.resume(tp)
+
+    def check_log_ends(self) -> None:
+        """Stop each partition whose first fetch since its seek shows a log ending too early."""
+        for tp, (offset, sought_ms) in list(self.sought.items()):
+            if (self.consumer.last_poll_timestamp(tp) or 0) < sought_ms:
+                continue  # no fetch response since the seek yet
+            del self.sought[tp]
+            end = self.consumer.highwater(tp)
+            if end is not None and end < offset:
+                attempt, delay = self._stop(tp)
+                log.error(
+                    "%s partition %d ends at offset %d, before the checkpoint %d: was the log "
+                    "reset without being restored? partition stopped, retry %d in %.1f s",
+                    *(tp.topic, tp.partition, end, offset, attempt, delay),
+                )
+
+    async def project(self, tp: TopicPartition, records: Sequence[Record]) -> None:
+        if tp in self.resume_at or not records:
+            return  # fetched before the partition was stopped: it will be read again
+        poison = await project_up_to_poison(self.conn, self.projections, tp, records)
+        if poison is None:
+            self.failures.pop(tp, None)
+            return
+        attempt, delay = self._stop(tp)
+        record, envelope = poison.record, poison.envelope
+        log.error(
+            "%s failed on %s partition %d offset %d; partition stopped, retry %d in %.1f s",
+            *(poison.projection, record.topic, record.partition, record.offset, attempt, delay),
+            exc_info=poison.__cause__,
+            extra={
+                "tenant_id": envelope.tenant_id if envelope else _text(record.key),
+                "event_id": envelope.event_id if envelope else header(record.headers, HEADER_ID),
+            },
+        )
+
+    def _stop(self, tp: TopicPartition) -> tuple[int, float]:
+        """Pause `tp` until its next retry; returns the attempt number and the delay."""
+        attempt = self.failures[tp] = self.failures.get(tp, 0) + 1
+        delay = min(self.retry_after_s * 2 ** (attempt - 1), _MAX_RETRY_S)
+        self.consumer.pause(tp)
+        self.sought.pop(tp, None)
+        self.resume_at[tp] = asyncio.get_running_loop().time() + delay
+        return attempt, delay
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode(errors="replace")

@@ -1,0 +1,116 @@
+"""The tenant directory: `tenants` and `tenant_senders`, projected from `TenantRegistered`.
+
+`apply` is idempotent on its own (a row remembers the `tenant_seq` that wrote it and older or
+repeated events leave it alone), so it stays correct even without the runner's sequence skip.
+The directory holds the Twilio auth token only encrypted and the API key only as its SHA-256.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+from uuid import UUID
+
+import asyncpg
+
+from events.catalog import EVENT_REGISTRY
+from events.envelope import EventEnvelope
+from events.tenant import TenantRegistered
+from projections.database import Conn
+
+NAME: Final = "tenant_directory"
+
+_UPSERT_TENANT: Final = """
+INSERT INTO tenants (tenant_id, name, twilio_account_sid, twilio_auth_token_encrypted,
+                     api_key_sha256, registered_at, updated_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (tenant_id) DO UPDATE SET
+    name = EXCLUDED.name,
+    twilio_account_sid = EXCLUDED.twilio_account_sid,
+    twilio_auth_token_encrypted = EXCLUDED.twilio_auth_token_encrypted,
+    api_key_sha256 = EXCLUDED.api_key_sha256,
+    updated_seq = EXCLUDED.updated_seq
+WHERE tenants.updated_seq < EXCLUDED.updated_seq
+RETURNING tenant_id
+"""
+
+_SELECT_TENANT: Final = """
+SELECT t.tenant_id, t.name, t.twilio_account_sid, t.twilio_auth_token_encrypted,
+       t.api_key_sha256,
+       ARRAY(SELECT s.sender FROM tenant_senders s WHERE s.tenant_id = t.tenant_id) AS senders
+FROM tenants t
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """One tenant as the directory knows it."""
+
+    tenant_id: UUID
+    name: str
+    twilio_account_sid: str
+    twilio_auth_token_encrypted: str
+    senders: frozenset[str]
+    api_key_sha256: str
+
+
+async def apply(conn: Conn, envelope: EventEnvelope) -> None:
+    """Project one event; only `TenantRegistered` concerns the directory."""
+    if envelope.type != "TenantRegistered":
+        return
+    event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
+    assert isinstance(event, TenantRegistered)
+    await _register(conn, envelope, event)
+
+
+async def _register(conn: Conn, envelope: EventEnvelope, event: TenantRegistered) -> None:
+    written = await conn.fetchval(
+        _UPSERT_TENANT,
+        envelope.tenant_id,
+        event.name,
+        event.twilio_account_sid,
+        event.twilio_auth_token_encrypted,
+        event.api_key_sha256,
+        envelope.occurred_at,
+        envelope.tenant_seq,
+    )
+    if written is None:  # the row already reflects this event or a later one
+        return
+    await _replace_senders(conn, envelope.tenant_id, event.senders)
+
+
+async def _replace_senders(conn: Conn, tenant_id: UUID, senders: Sequence[str]) -> None:
+    await conn.execute(
+        "DELETE FROM tenant_senders WHERE tenant_id = $1 AND NOT (sender = ANY($2::text[]))",
+        tenant_id,
+        list(senders),
+    )
+    await conn.execute(
+        "INSERT INTO tenant_senders (tenant_id, sender) SELECT $1, unnest($2::text[]) "
+        "ON CONFLICT DO NOTHING",
+        tenant_id,
+        list(senders),
+    )
+
+
+async def get_tenant(conn: Conn, tenant_id: UUID) -> TenantRecord | None:
+    row = await conn.fetchrow(_SELECT_TENANT + "WHERE t.tenant_id = $1", tenant_id)
+    return None if row is None else _record(row)
+
+
+async def tenant_by_api_key_hash(conn: Conn, sha256_hex: str) -> TenantRecord | None:
+    """The tenant whose API key hashes to `sha256_hex` (lowercase hex), if any."""
+    row = await conn.fetchrow(_SELECT_TENANT + "WHERE t.api_key_sha256 = $1", sha256_hex)
+    return None if row is None else _record(row)
+
+
+def _record(row: asyncpg.Record) -> TenantRecord:
+    return TenantRecord(
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        twilio_account_sid=row["twilio_account_sid"],
+        twilio_auth_token_encrypted=row["twilio_auth_token_encrypted"],
+        senders=frozenset(row["senders"]),
+        api_key_sha256=row["api_key_sha256"],
+    )
