@@ -2,28 +2,60 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
-from api import health
-from api.container import ApiConfig, Container
+from api import health, webhooks
+from api.broker import BrokerLink
+from api.container import ApiConfig, Clock, Container, utc_now
+from api.spool import CommandSpool
+from api.tenant_cache import TenantCache
 from projections.database import create_pool
-from streams import kafka
+
+log = logging.getLogger("zapflow.api")
 
 
-def create_app(config: ApiConfig) -> FastAPI:
+def _watched(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A background task whose unexpected death is logged at once, not at shutdown."""
+
+    def report(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.critical("%s stopped: %r; spooled commands wait for a restart", name, error)
+
+    task = asyncio.create_task(work, name=name)
+    task.add_done_callback(report)
+    return task
+
+
+def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(config.database_url)
-        producer = kafka.producer(config.bootstrap_servers)
+        broker = BrokerLink(config.bootstrap_servers)
+        spool = CommandSpool(pool, broker, produce_timeout_s=config.produce_timeout_s)
+        tasks: list[asyncio.Task[None]] = []
         try:
-            await producer.start()
-            app.state.container = Container(config, pool, producer)
+            # One bounded attempt now; if the broker is down the API starts anyway and spools.
+            if not await broker.try_connect(config.probe_timeout_s):
+                tasks.append(_watched(broker.keep_connecting(), "broker connector"))
+            await spool.recover()
+            tasks.append(_watched(spool.relay(), "spool relay"))
+            tenants = TenantCache(pool, config.secret_key)
+            app.state.container = Container(config, pool, broker, spool, tenants, clock)
             yield
         finally:
-            await producer.stop()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await broker.close()
             await pool.close()
 
     app = FastAPI(
@@ -33,4 +65,5 @@ def create_app(config: ApiConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(health.router)
+    app.include_router(webhooks.router)
     return app

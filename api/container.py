@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 from fastapi import Depends, Request
+
+from api.broker import BrokerLink
+from api.spool import CommandSpool
+from api.tenant_cache import TenantCache
+
+type Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,13 +30,19 @@ class ApiConfig:
     public_url: str
     trust_proxy: bool = False
     probe_timeout_s: float = 2.0
+    secret_key: bytes = field(kw_only=True, repr=False)
+    max_body_bytes: int = 65536
+    produce_timeout_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class Container:
     config: ApiConfig
     pool: asyncpg.Pool
-    producer: AIOKafkaProducer
+    broker: BrokerLink
+    spool: CommandSpool
+    tenants: TenantCache
+    clock: Clock = utc_now
 
 
 def get_container(request: Request) -> Container:

@@ -57,7 +57,10 @@ async def _check(probe: Coroutine[Any, Any, str], limit_s: float) -> str:
 
 
 async def _broker(container: ContainerDep) -> str:
-    ok = await container.producer.client.fetch_all_metadata()
+    producer = container.broker.producer
+    if producer is None:
+        return f"not connected: {container.broker.problem}"
+    ok = await producer.client.fetch_all_metadata()
     return "ok" if ok is not None else "no metadata"
 
 

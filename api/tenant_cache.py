@@ -1,0 +1,92 @@
+"""Tenant credentials for the webhooks: the directory row plus its decrypted token, cached briefly.
+
+Webhooks must not wait on the database for every request, and a tenant registered a moment ago
+must appear quickly: found tenants are kept for `ttl_s`, unknown ids for `negative_ttl_s`. The
+cache is keyed by tenant id and bounded, so a flood of made-up ids cannot grow it without limit.
+The decrypted token lives only in memory and is excluded from `repr`; never log it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+from uuid import UUID
+
+import asyncpg
+
+from projections.credentials import decrypt_secret
+from projections.tenants import TenantRecord, get_tenant
+
+log = logging.getLogger("zapflow.api.tenants")
+
+DEFAULT_TTL_S: Final = 30.0
+DEFAULT_NEGATIVE_TTL_S: Final = 2.0
+DEFAULT_MAX_ENTRIES: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCredentials:
+    """What a webhook needs to know about its tenant."""
+
+    record: TenantRecord
+    auth_token: str = field(repr=False)
+
+    @property
+    def tenant_id(self) -> UUID:
+        return self.record.tenant_id
+
+
+class TenantCache:
+    """Reads `projections.tenants` through the pool; thread-unsafe, one per event loop."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        secret_key: bytes,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        negative_ttl_s: float = DEFAULT_NEGATIVE_TTL_S,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._key = secret_key
+        self._ttl_s = ttl_s
+        self._negative_ttl_s = negative_ttl_s
+        self._max_entries = max_entries
+        self._monotonic = monotonic
+        self._entries: OrderedDict[UUID, tuple[float, TenantCredentials | None]] = OrderedDict()
+
+    async def get(self, tenant_id: UUID) -> TenantCredentials | None:
+        """The tenant's credentials, or None when the directory does not know it.
+
+        Raises `projections.credentials.SecretError` when the stored token does not decrypt
+        with this process's key (a configuration fault, never cached).
+        """
+        now = self._monotonic()
+        hit = self._entries.get(tenant_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self._pool.acquire() as conn:
+            record = await get_tenant(conn, tenant_id)
+        if record is None:
+            self._store(tenant_id, now + self._negative_ttl_s, None)
+            return None
+        token = decrypt_secret(self._key, record.twilio_auth_token_encrypted, tenant_id)
+        credentials = TenantCredentials(record, token)
+        self._store(tenant_id, now + self._ttl_s, credentials)
+        return credentials
+
+    def forget(self, tenant_id: UUID) -> None:
+        """Drop one tenant, e.g. after its credentials changed."""
+        self._entries.pop(tenant_id, None)
+
+    def _store(self, tenant_id: UUID, expires: float, value: TenantCredentials | None) -> None:
+        self._entries[tenant_id] = (expires, value)
+        self._entries.move_to_end(tenant_id)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)

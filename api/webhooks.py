@@ -1,0 +1,170 @@
+"""Twilio's webhooks: verify the signature, translate the form, make the command durable, answer.
+
+Checks run in this order, and nothing is recorded on any refusal: unknown tenant (404), body
+too large (413), signature missing (403), not a form or malformed (400), signature invalid
+(403), missing parameters (400), a valid signature for another account or sender (403, tenant
+confusion). A body that does not parse cannot be verified, so it is refused as malformed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+from uuid import UUID
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from api.container import Container, ContainerDep
+from api.signature import SIGNATURE_HEADER, signature_is_valid, signed_url
+from api.tenant_cache import TenantCredentials
+from api.twilio_form import (
+    FormParams,
+    TwilioFormError,
+    command_envelope,
+    delivery_status,
+    inbound_message,
+    mask_address,
+    parse_form,
+)
+from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
+from projections.credentials import SecretError
+
+log = logging.getLogger("zapflow.api.webhooks")
+
+TWIML_EMPTY: Final = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+_FORM: Final = "application/x-www-form-urlencoded"
+
+router = APIRouter(prefix="/v1/tenants/{tenant_id}/twilio", tags=["twilio"])
+
+_REFUSALS: Final[dict[int | str, dict[str, object]]] = {
+    400: {"description": "Malformed body or missing parameters."},
+    403: {"description": "Signature missing or invalid, or not this tenant's account/sender."},
+    404: {"description": "No such tenant."},
+    413: {"description": "Body larger than the configured limit."},
+}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+@router.post(
+    "/messages",
+    summary="Twilio incoming-message webhook (WhatsApp)",
+    response_class=Response,
+    responses={200: {"content": {"text/xml": {}}}, **_REFUSALS},
+)
+async def receive_message(tenant_id: str, request: Request, container: ContainerDep) -> Response:
+    return await _accept(tenant_id, request, container, "messages")
+
+
+@router.post(
+    "/status",
+    summary="Twilio message status callback",
+    response_class=Response,
+    responses={200: {"content": {"text/xml": {}}}, **_REFUSALS},
+)
+async def record_status(tenant_id: str, request: Request, container: ContainerDep) -> Response:
+    return await _accept(tenant_id, request, container, "status")
+
+
+async def _accept(raw_id: str, request: Request, container: Container, kind: str) -> Response:
+    try:
+        tenant = await _tenant(container, raw_id)
+        command = await _verified_command(request, container, tenant, kind)
+    except _Refused as refused:
+        log.info(
+            "webhook refused: %s %s",
+            refused.status,
+            refused.code,
+            extra={"tenant_id": raw_id if len(raw_id) <= 36 else raw_id[:36] + "…"},
+        )
+        return JSONResponse(
+            {"error": refused.code, "detail": refused.detail}, status_code=refused.status
+        )
+    envelope = command_envelope(tenant.tenant_id, command, container.clock())
+    route = await container.spool.submit(envelope)
+    log.info(
+        "%s %s from %s accepted (%s)",
+        command.type,
+        command.message_sid,
+        mask_address(command.contact),
+        route,
+        extra={"tenant_id": tenant.tenant_id, "command_id": envelope.command_id},
+    )
+    return Response(TWIML_EMPTY, media_type="text/xml")
+
+
+async def _tenant(container: Container, raw_id: str) -> TenantCredentials:
+    try:
+        tenant_id = UUID(raw_id)
+    except ValueError:
+        raise _Refused(404, "unknown_tenant", "no such tenant") from None
+    try:
+        tenant = await container.tenants.get(tenant_id)
+    except SecretError:  # the stored token does not open with this process's key
+        log.exception("tenant credentials unreadable", extra={"tenant_id": tenant_id})
+        raise _Refused(
+            500, "credentials_unreadable", "tenant credentials are unavailable"
+        ) from None
+    if tenant is None:
+        raise _Refused(404, "unknown_tenant", "no such tenant")
+    return tenant
+
+
+async def _verified_command(
+    request: Request, container: Container, tenant: TenantCredentials, kind: str
+) -> ReceiveInboundMessage | RecordDeliveryStatus:
+    body = await _body(request, container.config.max_body_bytes)
+    signature = request.headers.get(SIGNATURE_HEADER)
+    if not signature:
+        raise _Refused(403, "signature_missing", f"{SIGNATURE_HEADER} is required")
+    content_type = request.headers.get("content-type", _FORM).split(";", 1)[0].strip().lower()
+    if content_type != _FORM:
+        raise _Refused(400, "unsupported_content_type", f"expected {_FORM}")
+    try:
+        params = parse_form(body)
+    except TwilioFormError as exc:
+        raise _Refused(400, exc.code, exc.detail) from None
+    if not signature_is_valid(tenant.auth_token, _url(request, container), params, signature):
+        raise _Refused(403, "signature_invalid", f"{SIGNATURE_HEADER} does not match")
+    command = _translate(params, kind)
+    if command.account_sid != tenant.record.twilio_account_sid:
+        raise _Refused(403, "account_mismatch", "AccountSid is not this tenant's account")
+    if command.sender not in tenant.record.senders:
+        field = "To" if kind == "messages" else "From"
+        raise _Refused(403, "sender_mismatch", f"{field} is not one of this tenant's senders")
+    return command
+
+
+def _translate(params: FormParams, kind: str) -> ReceiveInboundMessage | RecordDeliveryStatus:
+    try:
+        return inbound_message(params) if kind == "messages" else delivery_status(params)
+    except TwilioFormError as exc:
+        raise _Refused(400, exc.code, exc.detail) from None
+
+
+def _url(request: Request, container: Container) -> str:
+    config = container.config
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return signed_url(
+        config.public_url, request.url.path, query, request.headers, trust_proxy=config.trust_proxy
+    )
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The body, read no further than `limit` bytes whatever Content-Length claims."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared.isdigit():
+            raise _Refused(413, "body_too_large", f"the limit is {limit} bytes")
+        raise _Refused(400, "malformed_body", "Content-Length is not a number")
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > limit:
+            raise _Refused(413, "body_too_large", f"the limit is {limit} bytes")
+    return bytes(received)

@@ -1,0 +1,156 @@
+"""`zapflow tenants create`: register a tenant through the log and wait until the directory has it.
+
+The auth token is encrypted here, before it leaves the process, and is never printed or logged;
+the API key is generated here and shown once, only its SHA-256 travels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+from uuid import UUID, uuid4, uuid5
+
+import asyncpg
+from aiokafka.errors import KafkaError
+
+from commands.tenant import RegisterTenant
+from events.envelope import CommandEnvelope, encode_command
+from projections.credentials import encrypt_secret, new_api_key
+from projections.database import connect, redact
+from projections.tenants import get_tenant
+from streams import kafka
+from streams.topics import COMMANDS
+from zapflow.errors import ConfigurationError
+from zapflow.runtime import Endpoints
+
+ACCOUNT_SID: Final = re.compile(r"^AC[0-9a-fA-F]{32}$")
+SENDER: Final = re.compile(r"^(whatsapp:)?\+[1-9][0-9]{6,14}$")
+WAIT_S: Final = 30.0
+
+
+class TenantNotProjected(Exception):
+    """The command was delivered but the tenant did not reach the directory in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewTenant:
+    """What the operator asked for, validated."""
+
+    name: str
+    account_sid: str
+    auth_token: str = field(repr=False)
+    senders: tuple[str, ...]
+
+
+def validated(name: str, account_sid: str, auth_token: str, senders: Sequence[str]) -> NewTenant:
+    """The request, or a `ConfigurationError` naming the first bad option (never the token)."""
+    name = name.strip()
+    if not 1 <= len(name) <= 200:
+        raise ConfigurationError("--name", repr(name), "must be 1 to 200 characters")
+    if not ACCOUNT_SID.match(account_sid):
+        raise ConfigurationError(
+            "--twilio-account-sid", account_sid, "must be AC followed by 32 hexadecimal digits"
+        )
+    if not auth_token or auth_token != auth_token.strip():
+        raise ConfigurationError(
+            "--twilio-auth-token", "***", "must be non-empty, without surrounding whitespace"
+        )
+    if not senders:
+        raise ConfigurationError("--sender", "(none)", "give at least one sender")
+    for sender in senders:
+        if not SENDER.match(sender):
+            raise ConfigurationError(
+                "--sender", sender, "must be E.164 (+14155238886) or whatsapp:+14155238886"
+            )
+    return NewTenant(name, account_sid, auth_token, tuple(dict.fromkeys(senders)))
+
+
+def register_command(
+    tenant: NewTenant, tenant_id: UUID, api_key_sha256: str, secret_key: bytes, now: datetime
+) -> CommandEnvelope:
+    """The `RegisterTenant` envelope, with the token sealed for this tenant id."""
+    command = RegisterTenant(
+        name=tenant.name,
+        twilio_account_sid=tenant.account_sid,
+        twilio_auth_token_encrypted=encrypt_secret(secret_key, tenant.auth_token, tenant_id),
+        senders=list(tenant.senders),
+        api_key_sha256=api_key_sha256,
+    )
+    command_id = uuid5(tenant_id, command.type)
+    return CommandEnvelope(
+        command_id=command_id,
+        tenant_id=tenant_id,
+        type=command.type,
+        schema_version=command.schema_version,
+        issued_at=now,
+        correlation_id=command_id,
+        idempotency_key=f"{command.type}:{tenant_id}",
+        payload=command.payload(),
+    )
+
+
+async def create_tenant(
+    tenant: NewTenant,
+    endpoints: Endpoints,
+    secret_key: bytes,
+    *,
+    timeout_s: float = 10.0,
+    wait_s: float = WAIT_S,
+) -> tuple[UUID, str]:
+    """Send `RegisterTenant`, wait until the directory shows it; returns (tenant id, API key)."""
+    tenant_id = uuid4()
+    api_key, api_key_sha256 = new_api_key()
+    envelope = register_command(tenant, tenant_id, api_key_sha256, secret_key, datetime.now(UTC))
+    conn = await _directory(endpoints.database_url, timeout_s)
+    try:
+        await _send(endpoints.bootstrap_servers, envelope, timeout_s)
+        deadline = time.monotonic() + wait_s
+        while await get_tenant(conn, tenant_id) is None:
+            if time.monotonic() > deadline:
+                raise TenantNotProjected(
+                    f"tenant {tenant_id} was sent to {COMMANDS} but is not in the directory "
+                    f"after {wait_s:.0f}s; are the decider and projector running (`zapflow up`)?"
+                )
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    return tenant_id, api_key
+
+
+async def _directory(database_url: str, timeout_s: float) -> asyncpg.Connection:
+    try:
+        conn = await connect(database_url, timeout_s)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise ConfigurationError(
+            "DATABASE_URL", redact(database_url), f"cannot connect ({exc})"
+        ) from None
+    if not await conn.fetchval("SELECT to_regclass('tenants') IS NOT NULL"):
+        await conn.close()
+        raise ConfigurationError(
+            "DATABASE_URL", redact(database_url), "has no tenants table; run `zapflow setup`"
+        )
+    return conn
+
+
+async def _send(bootstrap_servers: str, envelope: CommandEnvelope, timeout_s: float) -> None:
+    key, value, headers = encode_command(envelope)
+    producer = kafka.producer(bootstrap_servers)
+    try:
+        await asyncio.wait_for(producer.start(), timeout_s)
+        await asyncio.wait_for(
+            producer.send_and_wait(COMMANDS, value, key=key, headers=headers), timeout_s
+        )
+    except (KafkaError, OSError, TimeoutError) as exc:
+        problem = f"{type(exc).__name__}: {exc or 'no answer'}".splitlines()[0]
+        raise ConfigurationError(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            bootstrap_servers,
+            f"cannot deliver to {COMMANDS} ({problem}); is the platform set up and running?",
+        ) from None
+    finally:
+        await producer.stop()
