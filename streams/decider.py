@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
@@ -52,10 +52,19 @@ class _PartitionBooks:
         return found
 
 
+@dataclass(frozen=True, slots=True)
+class Topics:
+    commands: str = COMMANDS
+    events: str = EVENTS
+    dlq: str = DLQ
+    group: str = GROUP
+
+
 class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    def __init__(self, bootstrap_servers: str, producer: AIOKafkaProducer) -> None:
+    def __init__(self, bootstrap_servers: str, producer: AIOKafkaProducer, topics: Topics) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.producer = producer
+        self.topics = topics
         self.partitions: dict[int, _PartitionBooks] = {}
         # aiokafka runs rebalance callbacks in its coordinator task, concurrently with our
         # loop: without this lock a partition could be rebuilt from the log while a batch's
@@ -78,7 +87,7 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
         await reader.start()
         count = 0
         try:
-            async for _position, envelope in read_partition(reader, EVENTS, partition):
+            async for _position, envelope in read_partition(reader, self.topics.events, partition):
                 count += books.book(envelope.tenant_id).apply(envelope)
         finally:
             await reader.stop()
@@ -102,9 +111,7 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
             seqs = [(str(e.tenant_id)[:8], e.tenant_seq) for c in per_command for e in c]
             log.debug("partition %d offsets %d..%d appended %s", tp.partition,
                       records[0].offset, records[-1].offset, seqs[:1] + seqs[-1:])  # fmt: skip
-        for envelopes in per_command:
-            for envelope in envelopes:
-                books.book(envelope.tenant_id).apply(envelope)
+        books.books.update(staged)  # the log has the events now: the staged books are the truth
 
     async def _decide(
         self, books: _PartitionBooks, staged: dict[UUID, TenantBook], record: ConsumerRecord
@@ -115,11 +122,10 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
             if book is None:
                 book = staged[command.tenant_id] = _copy(books.book(command.tenant_id))
             recorded_at = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-            drafts = book.decide(command, recorded_at)
             envelopes = []
-            for draft in drafts:
+            for draft, event in book.decide(command, recorded_at):
                 envelope = seal(draft, book.head)
-                book.apply(envelope)  # staged only: the real books change after the acks
+                book.record(envelope, event)  # a staged copy: the real books change after acks
                 envelopes.append(envelope)
         except Exception as exc:  # noqa: BLE001 - a poison command must not block its tenant
             await self._dead_letter(record, exc)
@@ -131,15 +137,24 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
         batch = self.producer.create_batch()
         for envelopes in per_command:
             encoded = [encode_event(envelope) for envelope in envelopes]
-            size = sum(len(value) + len(key) + 64 for key, value, _ in encoded)
+            # A generous estimate (record overhead ≤ 64 bytes, headers counted in full) so a
+            # command's events never straddle two batches.
+            size = sum(
+                len(key) + len(value) + 64 + sum(len(name) + len(raw) + 8 for name, raw in headers)
+                for key, value, headers in encoded
+            )
             if batch.record_count() and batch.size() + size > _BATCH_BYTES:
-                futures.append(await self.producer.send_batch(batch, EVENTS, partition=partition))
+                futures.append(
+                    await self.producer.send_batch(batch, self.topics.events, partition=partition)
+                )
                 batch = self.producer.create_batch()
             for key, value, headers in encoded:
                 metadata = batch.append(key=key, value=value, timestamp=None, headers=headers)
                 assert metadata is not None, "an event larger than the batch limit"
         if batch.record_count():
-            futures.append(await self.producer.send_batch(batch, EVENTS, partition=partition))
+            futures.append(
+                await self.producer.send_batch(batch, self.topics.events, partition=partition)
+            )
         await asyncio.gather(*futures)
 
     async def _dead_letter(self, record: ConsumerRecord, exc: Exception) -> None:
@@ -151,7 +166,9 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
             ("zf-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
             *record.headers,
         ]
-        await self.producer.send_and_wait(DLQ, record.value, key=record.key, headers=headers)
+        await self.producer.send_and_wait(
+            self.topics.dlq, record.value, key=record.key, headers=headers
+        )
 
 
 def _copy(book: TenantBook) -> TenantBook:
@@ -172,13 +189,16 @@ async def run_decider(
     instance_id: str | None = None,
     session_timeout_ms: int = 10_000,
     max_records: int = 5000,
+    topics: Topics = Topics(),
+    on_commit: Callable[[int], None] | None = None,
 ) -> None:
+    """Run until `stop` is set; `on_commit(n)` hears of every committed batch of n commands."""
     producer = kafka.producer(bootstrap_servers, max_batch_size=_BATCH_BYTES, linger_ms=0)
     await producer.start()
-    decider = Decider(bootstrap_servers, producer)
+    decider = Decider(bootstrap_servers, producer, topics)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
-        group_id=GROUP,
+        group_id=topics.group,
         group_instance_id=instance_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -186,25 +206,40 @@ async def run_decider(
         heartbeat_interval_ms=max(500, session_timeout_ms // 5),
         max_poll_records=max_records,
     )
-    consumer.subscribe([COMMANDS], listener=decider)
+    consumer.subscribe([topics.commands], listener=decider)
     await consumer.start()
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
-            for tp, records in batches.items():
-                async with decider.lock:
-                    if tp not in consumer.assignment():
-                        continue  # revoked while we waited: its new owner decides these
-                    try:
-                        await decider.handle(tp, records)
-                    except KafkaError as exc:
-                        log.warning("append failed (%s); rebuilding %d", exc, tp.partition)
-                        await _recover(consumer, decider, tp)
-                        continue
-                    await consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "")})
+            if not batches:
+                continue
+            async with decider.lock:
+                # Partitions are independent: while one waits for its acks, others decide.
+                owned = {tp: rs for tp, rs in batches.items() if tp in consumer.assignment()}
+                done = await asyncio.gather(
+                    *(_process(consumer, decider, tp, records) for tp, records in owned.items())
+                )
+                offsets = {tp: OffsetAndMetadata(owned[tp][-1].offset + 1, "") for tp in done if tp}
+                if offsets:
+                    await consumer.commit(offsets)
+            if on_commit is not None:
+                on_commit(sum(len(owned[tp]) for tp in offsets))
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+async def _process(
+    consumer: AIOKafkaConsumer, decider: Decider, tp: TopicPartition, records: list[ConsumerRecord]
+) -> TopicPartition | None:
+    """Decide and append one partition's batch; its partition when ready to commit, else None."""
+    try:
+        await decider.handle(tp, records)
+    except KafkaError as exc:
+        log.warning("append failed (%s); rebuilding partition %d", exc, tp.partition)
+        await _recover(consumer, decider, tp)
+        return None
+    return tp
 
 
 async def _recover(consumer: AIOKafkaConsumer, decider: Decider, tp: TopicPartition) -> None:

@@ -27,6 +27,7 @@ from events.tenant import TenantRegistered
 
 # Commands re-delivered after a crash are recognised by id for this many recent commands.
 RECENT_COMMANDS: Final = 10_000
+_DRAFT_FIELDS: Final = set(EventDraft.model_fields)
 
 
 @dataclass(slots=True)
@@ -37,24 +38,31 @@ class TenantBook:
     conversations: dict[str, conv.Conversation] = field(default_factory=dict)
     recent_commands: OrderedDict[UUID, None] = field(default_factory=OrderedDict)
 
-    def decide(self, command: CommandEnvelope, recorded_at: datetime) -> list[EventDraft]:
-        """The drafts `command` produces (none when it was already decided)."""
+    def decide(
+        self, command: CommandEnvelope, recorded_at: datetime
+    ) -> list[tuple[EventDraft, Message]]:
+        """The drafts `command` produces, with their typed events (none if already decided)."""
         if command.command_id in self.recent_commands:
             return []
         body = COMMAND_REGISTRY.decode(command.type, command.schema_version, command.payload)
         stream, events = self._route(body, command)
+        # Built without re-validation: every value comes from validated models right here.
         return [
-            EventDraft(
-                event_id=uuid5(command.command_id, str(index)),
-                type=event.type,
-                schema_version=event.schema_version,
-                tenant_id=self.tenant_id,
-                stream=stream,
-                occurred_at=command.issued_at,
-                recorded_at=recorded_at,
-                correlation_id=command.correlation_id,
-                causation_id=command.command_id,
-                payload=event.payload(),
+            (
+                EventDraft.model_construct(
+                    _DRAFT_FIELDS,
+                    event_id=uuid5(command.command_id, str(index)),
+                    type=event.type,
+                    schema_version=event.schema_version,
+                    tenant_id=self.tenant_id,
+                    stream=stream,
+                    occurred_at=command.issued_at,
+                    recorded_at=recorded_at,
+                    correlation_id=command.correlation_id,
+                    causation_id=command.command_id,
+                    payload=event.payload(),
+                ),
+                event,
             )
             for index, event in enumerate(events)
         ]
@@ -95,18 +103,22 @@ class TenantBook:
         """Fold one event from the log; False for a duplicate (already applied)."""
         if envelope.tenant_seq <= self.head.tenant_seq:
             return False
+        event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
+        self.record(envelope, event)
+        return True
+
+    def record(self, envelope: EventEnvelope, event: Message) -> None:
+        """Fold an event whose typed form is at hand (`event` is `envelope`'s payload)."""
         self.head = head_of(envelope)
         self.recent_commands[envelope.causation_id] = None
-        while len(self.recent_commands) > RECENT_COMMANDS:
+        if len(self.recent_commands) > RECENT_COMMANDS:
             self.recent_commands.popitem(last=False)
-        event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
         if isinstance(event, TenantRegistered):
             self.profile = evolve_registration(event)
         elif isinstance(event, conv.CONVERSATION_EVENTS):
             current = self.conversations.get(event.conversation_id)
             current = current or conv.Conversation(event.conversation_id)
             self.conversations[event.conversation_id] = conv.evolve(current, event)
-        return True
 
 
 def _rejection(command: CommandEnvelope, rejected: Rejected) -> CommandRejected:

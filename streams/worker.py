@@ -1,8 +1,9 @@
 """The long-running worker processes; each connects, runs its handler loop, and stops on SIGTERM.
 
-The decider runs `streams.decider`. Until their issues land, the agent and sender have no
-handlers: they prove they can reach the broker, report ready, and shut down cleanly, and do not
-join consumer groups, so no offset is committed past an event nobody handled.
+The decider runs `streams.decider`, the projector `projections.runner`. Until their issues land,
+the agent and sender have no handlers: they prove they can reach the broker, report ready, and
+shut down cleanly, and do not join consumer groups, so no offset is committed past an event
+nobody handled.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ async def run_worker(
     *,
     instance_id: str | None = None,
     session_timeout_ms: int = 10_000,
+    database_url: str | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -46,6 +48,13 @@ async def run_worker(
         await run_decider(
             bootstrap_servers, stop, instance_id=instance_id, session_timeout_ms=session_timeout_ms
         )
+    elif name == "projector":
+        from projections.runner import run_projector
+
+        if database_url is None:
+            raise WorkerStartError("projector: no database URL given")
+        log.info("projector starting")
+        await run_projector(bootstrap_servers, database_url, stop)
     else:
         log.info("%s ready (no handlers registered yet)", name)
         await stop.wait()

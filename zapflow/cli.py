@@ -15,6 +15,8 @@ from zapflow.settings import Settings
 
 type Handler = Callable[[argparse.Namespace, Settings], int]
 
+STDIN = "-"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -30,10 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="manage the topics zapflow owns")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
     topics_sub.add_parser("ensure", help="create missing topics, restore drifted configs")
+    log_parser = sub.add_parser("log", help="the event log")
+    log_sub = log_parser.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    log_sub.add_parser("restore", help="write the event archive into an empty zapflow.events")
     schemas = sub.add_parser("schemas", help="JSON Schemas of events and commands")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
     export = schemas_sub.add_parser("export", help="write schemas/json from the code")
     export.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
+    tenants = sub.add_parser("tenants", help="manage tenants")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    create = tenants_sub.add_parser("create", help="register a tenant; prints its id and API key")
+    create.add_argument("--name", required=True)
+    create.add_argument("--twilio-account-sid", required=True, metavar="AC…")
+    create.add_argument(
+        "--twilio-auth-token", required=True, metavar="TOKEN", help="'-' reads it from stdin"
+    )
+    create.add_argument(
+        "--sender", action="append", required=True, help="whatsapp:+E164 (repeat for more)"
+    )
     return parser
 
 
@@ -49,6 +65,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import create_app
     from api.container import ApiConfig
     from zapflow.runtime import resolve
+    from zapflow.secret_key import resolve_secret_key
 
     endpoints = resolve(settings)
     config = ApiConfig(
@@ -56,6 +73,9 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         bootstrap_servers=endpoints.bootstrap_servers,
         public_url=settings.effective_public_url,
         trust_proxy=settings.trust_proxy,
+        secret_key=resolve_secret_key(settings),
+        max_body_bytes=settings.webhook_max_body_bytes,
+        produce_timeout_s=settings.produce_timeout_s,
     )
     server = uvicorn.Server(
         uvicorn.Config(
@@ -84,6 +104,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                 settings.connect_timeout_s,
                 instance_id=f"{settings.instance_id}-{args.name}" if settings.instance_id else None,
                 session_timeout_ms=settings.group_session_timeout_ms,
+                database_url=endpoints.database_url,
             )
         )
     except WorkerStartError as exc:
@@ -137,6 +158,42 @@ def _schemas(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _tenants(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow.runtime import resolve
+    from zapflow.secret_key import resolve_secret_key
+    from zapflow.tenants import TenantNotProjected, create_tenant, validated
+
+    secret = args.twilio_auth_token
+    if secret == STDIN:  # keeps the token out of the process list and shell history
+        secret = sys.stdin.readline().strip()
+    tenant = validated(args.name, args.twilio_account_sid, secret, args.sender)
+    key = resolve_secret_key(settings)
+    endpoints = resolve(settings)
+    try:
+        tenant_id, api_key = asyncio.run(
+            create_tenant(tenant, endpoints, key, timeout_s=settings.connect_timeout_s)
+        )
+    except TenantNotProjected as exc:
+        print(f"zapflow: error: {exc}", file=sys.stderr)
+        return 1
+    _print({"tenant_id": str(tenant_id), "api_key": api_key})
+    return 0
+
+
+def _log(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.restore import RestoreRefused, restore
+    from zapflow.runtime import resolve
+
+    endpoints = resolve(settings)
+    try:
+        report = asyncio.run(restore(endpoints.bootstrap_servers, endpoints.database_url))
+    except RestoreRefused as exc:
+        print(f"zapflow: error: {exc}", file=sys.stderr)
+        return 1
+    _print({"restored": report.total, "partitions": report.restored})
+    return 0
+
+
 def _print(value: object) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -149,6 +206,8 @@ HANDLERS: dict[str, Handler] = {
     "migrate": _migrate,
     "topics": _topics,
     "schemas": _schemas,
+    "log": _log,
+    "tenants": _tenants,
 }
 
 

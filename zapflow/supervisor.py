@@ -21,12 +21,14 @@ from pathlib import Path
 from types import FrameType
 
 from projections.database import ensure_database, redact
+from streams.restore import restore
 from streams.worker import WORKERS
 from zapflow import runtime
 from zapflow.devbroker import DevBroker, start_dev_broker
 from zapflow.devdb import DATABASE, EmbeddedPostgres, start_embedded_postgres
 from zapflow.errors import ConfigurationError
 from zapflow.processes import port_is_free, spawn, stop, stop_all
+from zapflow.secret_key import resolve_secret_key
 from zapflow.settings import Settings
 from zapflow.setup import check_broker, check_database, setup
 
@@ -78,6 +80,7 @@ def _run(
     settings: Settings, stack: _Stack, state: Path, logs: Path, say: Callable[[str], None]
 ) -> int:
     timeout = settings.connect_timeout_s
+    resolve_secret_key(settings, create=True)  # once, so every child finds the same key file
     if settings.kafka_bootstrap_servers:
         brokers = settings.kafka_bootstrap_servers
         asyncio.run(check_broker(brokers, timeout))
@@ -95,6 +98,9 @@ def _run(
         database_url = stack.database.url()
     endpoints = runtime.Endpoints(brokers, database_url)
     asyncio.run(setup(endpoints, settings))
+    restored = asyncio.run(restore(brokers, database_url, only_if_empty=True))
+    if restored.total:
+        say(f"zapflow: restored {restored.total} events from the event archive into the log")
     if stack.stop_requested():
         return 130
 
@@ -158,9 +164,11 @@ def _shutdown(stack: _Stack, grace_s: float, say: Callable[[str], None]) -> None
     def grace() -> float:
         return 0.5 if stack.stopping > 1 else grace_s
 
-    stop_all([proc for name, proc in stack.children.items() if name != "api"], grace())
-    if "api" in stack.children:
-        stop(stack.children["api"], grace())
+    # Producers of events first, the projector last: it drains the log into the event archive
+    # before the (in-memory) development broker stops.
+    stop_all([proc for name, proc in stack.children.items() if name != "projector"], grace())
+    if "projector" in stack.children:
+        stop(stack.children["projector"], grace())
     if stack.database is not None:
         stack.database.stop(grace())
     if stack.broker is not None:

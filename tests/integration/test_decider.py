@@ -177,7 +177,7 @@ async def test_rejections_are_events_and_poison_goes_to_the_dlq(
     (dead,) = await dlq_records(fresh_broker)
     assert dead.value == b"{not json"
     assert dead.key == str(tenant).encode()
-    assert dict(dead.headers)["zf-error"].startswith(b"JSONDecodeError")
+    assert dict(dead.headers)["zf-error"].startswith(b"ValidationError")
 
 
 async def test_a_restarted_decider_rebuilds_state_from_the_log(

@@ -71,3 +71,11 @@ def test_invalid_envelopes_are_refused(field: str, value: object) -> None:
     (event,) = chain(TENANT, 1)
     with pytest.raises(ValidationError):
         type(event).model_validate({**event.model_dump(), field: value})
+
+
+def test_a_changed_copy_is_encoded_from_its_own_fields() -> None:
+    (event,) = chain(TENANT, 1)
+    value = encode_event(event)[1]
+    changed = decode_event(value).model_copy(update={"payload": {"reason": "changed"}})
+    assert decode_event(encode_event(changed)[1]).payload == {"reason": "changed"}
+    assert encode_event(decode_event(value).model_copy())[1] == value
