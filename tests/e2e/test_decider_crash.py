@@ -1,4 +1,4 @@
-"""SIGKILL the decider at random points under load: every inbound message is recorded once."""
+"""SIGKILL the decider at random points while 2,000 webhooks arrive: each is recorded once."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from events.chain import ChainVerifier
@@ -19,7 +20,9 @@ from streams import kafka
 from streams.log import read_all
 from streams.topics import EVENTS
 from tests.e2e.platform import env_for
-from tests.integration.test_decider import inbound, register, send
+from tests.integration import twilio_driver as wh
+from tests.integration.test_decider import register, send
+from tests.integration.twilio_driver import add_tenant, app_client, post
 
 pytestmark = pytest.mark.e2e
 MESSAGES, CONVERSATIONS, KILLS = 2000, 50, 3
@@ -50,27 +53,36 @@ async def _tenant_events(servers: str, tenant: uuid.UUID) -> list[EventEnvelope]
 
 
 async def test_sigkilled_decider_loses_and_duplicates_nothing(
-    fresh_broker: str, server_url: str, tmp_path: Path
+    fresh_broker: str, server_url: str, database_url: str, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     rng = random.Random(20261125)
-    tenant = uuid.uuid4()
+    twilio = await add_tenant(db)  # in the directory the API reads
+    tenant = twilio.tenant_id
     log = tmp_path / "decider.log"
     producer = kafka.producer(fresh_broker)
     await producer.start()
     decider = _decider(fresh_broker, server_url, tmp_path, log)
+    client = app_client(fresh_broker, database_url)
     try:
-        await send(producer, register(tenant))
-        commands = [
-            inbound(tenant, f"SM{i:032d}", f"whatsapp:+55119{i % CONVERSATIONS:08d}", f"msg {i}")
+        client.__enter__()
+        await send(producer, register(tenant, twilio.account_sid, twilio.sender))
+        webhooks = [
+            wh.inbound(
+                twilio,
+                f"SM{i:032d}",
+                From=f"whatsapp:+55119{i % CONVERSATIONS:08d}",
+                Body=f"msg {i}",
+            )
             for i in range(MESSAGES)
         ]
-        retried = rng.sample(commands, MESSAGES // 5)  # Twilio retries: the same webhook again
-        stream = commands + retried
+        retried = rng.sample(webhooks, MESSAGES // 5)  # Twilio retries: the same webhook again
+        stream = webhooks + retried
         rng.shuffle(stream)
         steps = range(0, len(stream), 50)
         kill_after, kills = set(rng.sample(steps[4:-4], KILLS)), 0
         for index in steps:
-            await send(producer, *stream[index : index + 50])
+            for params in stream[index : index + 50]:
+                assert post(client, twilio, params).status_code == 200
             if index in kill_after:
                 assert decider.poll() is None, log.read_text()[-2000:]
                 decider.send_signal(signal.SIGKILL)
@@ -88,6 +100,7 @@ async def test_sigkilled_decider_loses_and_duplicates_nothing(
             assert decider.poll() is None, log.read_text()[-2000:]
             await asyncio.sleep(1)
     finally:
+        client.__exit__(None, None, None)
         decider.send_signal(signal.SIGTERM)
         try:
             decider.wait(timeout=15)

@@ -44,14 +44,14 @@ def command(
     )
 
 
-def register(tenant: uuid.UUID) -> CommandEnvelope:
+def register(tenant: uuid.UUID, account: str = ACCOUNT, sender: str = SENDER) -> CommandEnvelope:
     return command(
         tenant,
         RegisterTenant(
             name="Clínica Sorriso",
-            twilio_account_sid=ACCOUNT,
+            twilio_account_sid=account,
             twilio_auth_token_encrypted=base64.b64encode(b"sealed").decode(),
-            senders=[SENDER],
+            senders=[sender],
             api_key_sha256=hashlib.sha256(tenant.bytes).hexdigest(),
         ),
     )
