@@ -17,6 +17,7 @@ from benchmarks.http_bench import CONCURRENCY, Load, run_http
 from benchmarks.infra import PARTITIONS, Infra, create_topic, infrastructure
 from benchmarks.pg_bench import ROWS_PER_TRANSACTION, upsert_rates
 from benchmarks.report import Row, Samples, fmt, load_average, render, write
+from benchmarks.webhook_tenant import webhook_tenant
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
@@ -146,8 +147,28 @@ async def _postgres(infra: Infra, plan: Plan) -> list[Row]:
 
 def _http_rows(loads: dict[str, Load]) -> list[Row]:
     form, produce, get, healthz = (loads[k] for k in ("form", "form_produce", "get", "healthz"))
+    webhook = loads["webhook"]
     target = 0.9 * produce.rps
     return [
+        Row(
+            "Webhook ingest: `POST /v1/tenants/{id}/twilio/messages` (signature, tenant checks, "
+            "command, produce acks=all, TwiML)",
+            webhook.rps,
+            produce.rps,
+            "req/s",
+            "higher",
+            f"baseline: bare FastAPI form POST + one raw produce, same body, same run; target "
+            f"≥ 0.9x; ours: {webhook.summary()}",
+        ),
+        Row(
+            "Webhook ingest: latency p99 vs bare form POST + produce",
+            webhook.percentile_ms(0.99),
+            produce.percentile_ms(0.99),
+            "ms",
+            "lower",
+            f"target ≤ 2x; p50 {webhook.percentile_ms(0.5):.1f} ms vs "
+            f"{produce.percentile_ms(0.5):.1f} ms",
+        ),
         Row(
             "HTTP: bare FastAPI, Twilio-like form POST (16 fields) → 200",
             form.rps,
@@ -200,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += asyncio.run(_decider(infra, plan))
         rows += asyncio.run(_postgres(infra, plan))
         topic = asyncio.run(create_topic(infra, "http-ingest"))
+        tenant = asyncio.run(webhook_tenant(infra.database_url))
         _say("HTTP (uvicorn and load generator subprocesses)")
         loads = run_http(
             infra.bootstrap_servers,
@@ -208,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             infra.work_dir,
             plan.http_seconds,
             plan.http_rounds,
+            tenant.target,
+            tenant.secret_key,
         )
         rows += _http_rows(loads)
         services = [

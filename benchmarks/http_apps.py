@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import base64
 import os
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request, Response
 ENV_BOOTSTRAP: Final = "ZAPFLOW_BENCH_BOOTSTRAP_SERVERS"
 ENV_TOPIC: Final = "ZAPFLOW_BENCH_TOPIC"
 ENV_DATABASE_URL: Final = "ZAPFLOW_BENCH_DATABASE_URL"
+ENV_SECRET_KEY: Final = "ZAPFLOW_BENCH_SECRET_KEY"
+PUBLIC_URL: Final = "http://127.0.0.1"
 TWIML_EMPTY: Final = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
@@ -81,7 +83,7 @@ def zapflow_app() -> FastAPI:
     config = ApiConfig(
         database_url=os.environ[ENV_DATABASE_URL],
         bootstrap_servers=os.environ[ENV_BOOTSTRAP],
-        public_url="http://127.0.0.1",
-        secret_key=secrets.token_bytes(32),
+        public_url=PUBLIC_URL,
+        secret_key=base64.urlsafe_b64decode(os.environ[ENV_SECRET_KEY]),
     )
     return create_app(config)

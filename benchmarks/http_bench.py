@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from benchmarks.http_apps import ENV_BOOTSTRAP, ENV_DATABASE_URL, ENV_TOPIC
+from benchmarks.http_apps import ENV_BOOTSTRAP, ENV_DATABASE_URL, ENV_SECRET_KEY, ENV_TOPIC
 from benchmarks.loadgen import LoadResult
 from zapflow.processes import free_port, spawn, stop, tail, wait_for_port
 
@@ -31,6 +31,7 @@ class Target:
     server: str
     path: str
     form: bool = False
+    headers: tuple[str, ...] = ()
 
 
 TARGETS: Final = (
@@ -87,6 +88,8 @@ def _load(port: int, target: Target, seconds: float) -> LoadResult:
             "--warmup", str(WARMUP_S), "--max-requests", str(MAX_REQUESTS)]  # fmt: skip
     if target.form:
         argv += ["--method", "POST", "--form"]
+    for line in target.headers:
+        argv += ["--header", line]
     done = subprocess.run(
         argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=False
     )
@@ -103,11 +106,15 @@ def run_http(
     work_dir: Path,
     seconds: float,
     rounds: int,
+    webhook: Target,
+    secret_key: str,
 ) -> dict[str, Load]:
     """Load every target for `seconds` in total, split into `rounds` interleaved rounds."""
     bare_env = {ENV_BOOTSTRAP: bootstrap_servers, ENV_TOPIC: topic}
-    ours_env = {ENV_BOOTSTRAP: bootstrap_servers, ENV_DATABASE_URL: database_url}
-    loads = {target.key: Load() for target in TARGETS}
+    ours_env = {ENV_BOOTSTRAP: bootstrap_servers, ENV_DATABASE_URL: database_url,
+                ENV_SECRET_KEY: secret_key}  # fmt: skip
+    targets = (*TARGETS, webhook)
+    loads = {target.key: Load() for target in targets}
     with ExitStack() as stack:
         ports = {
             "bare": stack.enter_context(
@@ -118,7 +125,7 @@ def run_http(
             ),
         }
         for _ in range(rounds):
-            for target in TARGETS:
+            for target in targets:
                 result = _load(ports[target.server], target, seconds / rounds)
                 load = loads[target.key]
                 load.seconds += result["elapsed_s"]

@@ -42,9 +42,16 @@ def twilio_form(n: int) -> dict[str, str]:
     }
 
 
-def request_bytes(method: str, path: str, port: int, form: bool) -> bytes:
-    body = urlencode(twilio_form(7)).encode() if form else b""
+SAMPLE: int = 7
+"""Which `twilio_form` every request posts (one body, so one signature fits them all)."""
+
+
+def request_bytes(
+    method: str, path: str, port: int, form: bool, headers: tuple[str, ...] = ()
+) -> bytes:
+    body = urlencode(twilio_form(SAMPLE)).encode() if form else b""
     head = [f"{method} {path} HTTP/1.1", f"Host: {HOST}:{port}", "User-Agent: zapflow-bench"]
+    head += list(headers)
     if form:
         head += ["Content-Type: application/x-www-form-urlencoded", f"Content-Length: {len(body)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
@@ -99,7 +106,7 @@ async def _connection(
 
 
 async def _phase(args: argparse.Namespace, seconds: float, budget: int, record: bool) -> Tally:
-    request = request_bytes(args.method, args.path, args.port, args.form)
+    request = request_bytes(args.method, args.path, args.port, args.form, tuple(args.header))
     tally = Tally(remaining=budget)
     deadline = time.perf_counter() + seconds
     tasks = [
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", required=True)
     parser.add_argument("--method", choices=["GET", "POST"], default="GET")
     parser.add_argument("--form", action="store_true", help="POST a Twilio-like form body")
+    parser.add_argument("--header", action="append", default=[], help='"Name: value"')
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=1.0)

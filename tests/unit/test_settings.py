@@ -66,3 +66,19 @@ def test_a_bad_value_is_one_clear_cli_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "ZAPFLOW_HTTP_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    standard = {
+        "database_url": "DATABASE_URL",
+        "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+        "openai_api_key": "OPENAI_API_KEY",
+        "openai_base_url": "OPENAI_BASE_URL",
+    }
+    missing = [
+        name
+        for name in Settings.model_fields
+        if f"`{standard.get(name, 'ZAPFLOW_' + name.upper())}`" not in readme
+    ]
+    assert missing == []
