@@ -1,9 +1,9 @@
 """`X-Twilio-Signature`: the URL Twilio signed, and a constant-time check with the tenant's token.
 
 The signature is computed by twilio's own `RequestValidator.compute_signature` over every form
-parameter (repeated ones included), for the URL with and without its port, exactly as
-`RequestValidator.validate` does; only the comparison is ours, `hmac.compare_digest` on both
-candidates with no short-circuit, because the SDK's `compare` returns early on a length mismatch.
+parameter (repeated ones included), for the URL as configured and, failing that, with and
+without its port, as `RequestValidator.validate` accepts; only the comparison is ours,
+`hmac.compare_digest`, because the SDK's `compare` returns early on a length mismatch.
 """
 
 from __future__ import annotations
@@ -57,12 +57,19 @@ def signed_url(
 
 
 def signature_is_valid(auth_token: str, url: str, params: FormParams, signature: str) -> bool:
-    """Whether `signature` is Twilio's HMAC-SHA1 of `url` and `params` under `auth_token`."""
+    """Whether `signature` is Twilio's HMAC-SHA1 of `url` and `params` under `auth_token`.
+
+    The URL exactly as configured is tried first (what Twilio signs for messaging); the forms
+    with and without the port only when that fails. Stopping at the first match reveals which
+    URL form matched, nothing about the token: each comparison itself is constant-time.
+    """
     validator = RequestValidator(auth_token)
-    parsed = urlsplit(url)
     given = signature.encode()
-    matches = [
+    if hmac.compare_digest(validator.compute_signature(url, params).encode(), given):
+        return True
+    parsed = urlsplit(url)
+    alternatives = {remove_port(parsed), add_port(parsed)} - {url}
+    return any(
         hmac.compare_digest(validator.compute_signature(candidate, params).encode(), given)
-        for candidate in (remove_port(parsed), add_port(parsed))
-    ]
-    return any(matches)
+        for candidate in sorted(alternatives)
+    )

@@ -14,10 +14,9 @@ from typing import Final, Literal
 
 import orjson
 
-from events.envelope import EventDraft, EventEnvelope, with_wire_bytes
+from events.envelope import EventDraft, EventEnvelope, trusted, with_wire_bytes
 
 GENESIS_HASH: Final = "0" * 64
-_ALL_FIELDS: Final = set(EventEnvelope.model_fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +51,10 @@ def seal(draft: EventDraft, head: ChainHead) -> EventEnvelope:
     body["prev_hash"] = head.hash
     digest = _digest(head.hash, body)
     body["hash"] = digest
-    envelope = EventEnvelope.model_construct(
-        _ALL_FIELDS, **draft.__dict__, tenant_seq=head.tenant_seq + 1, prev_hash=head.hash,
-        hash=digest,
+    envelope = trusted(
+        EventEnvelope,
+        {**draft.__dict__, "tenant_seq": head.tenant_seq + 1, "prev_hash": head.hash,
+         "hash": digest},
     )  # fmt: skip
     return with_wire_bytes(envelope, orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
 

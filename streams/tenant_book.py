@@ -20,14 +20,13 @@ from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
 from commands.tenant import RegisterTenant, TenantProfile, decide_registration, evolve_registration
 from events.catalog import EVENT_REGISTRY
 from events.chain import GENESIS, ChainHead, head_of
-from events.envelope import CommandEnvelope, EventDraft, EventEnvelope
+from events.envelope import CommandEnvelope, EventDraft, EventEnvelope, trusted
 from events.platform import CommandRejected
 from events.registry import Message
 from events.tenant import TenantRegistered
 
 # Commands re-delivered after a crash are recognised by id for this many recent commands.
 RECENT_COMMANDS: Final = 10_000
-_DRAFT_FIELDS: Final = set(EventDraft.model_fields)
 
 
 @dataclass(slots=True)
@@ -49,18 +48,20 @@ class TenantBook:
         # Built without re-validation: every value comes from validated models right here.
         return [
             (
-                EventDraft.model_construct(
-                    _DRAFT_FIELDS,
-                    event_id=uuid5(command.command_id, str(index)),
-                    type=event.type,
-                    schema_version=event.schema_version,
-                    tenant_id=self.tenant_id,
-                    stream=stream,
-                    occurred_at=command.issued_at,
-                    recorded_at=recorded_at,
-                    correlation_id=command.correlation_id,
-                    causation_id=command.command_id,
-                    payload=event.payload(),
+                trusted(
+                    EventDraft,
+                    {
+                        "event_id": uuid5(command.command_id, str(index)),
+                        "type": event.type,
+                        "schema_version": event.schema_version,
+                        "tenant_id": self.tenant_id,
+                        "stream": stream,
+                        "occurred_at": command.issued_at,
+                        "recorded_at": recorded_at,
+                        "correlation_id": command.correlation_id,
+                        "causation_id": command.command_id,
+                        "payload": event.payload(),
+                    },
                 ),
                 event,
             )

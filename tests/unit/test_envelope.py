@@ -17,6 +17,7 @@ from events.envelope import (
     encode_command,
     encode_event,
     header,
+    trusted,
 )
 from tests.builders import EPOCH, chain
 
@@ -79,3 +80,16 @@ def test_a_changed_copy_is_encoded_from_its_own_fields() -> None:
     changed = decode_event(value).model_copy(update={"payload": {"reason": "changed"}})
     assert decode_event(encode_event(changed)[1]).payload == {"reason": "changed"}
     assert encode_event(decode_event(value).model_copy())[1] == value
+
+
+def test_trusted_construction_equals_validation() -> None:
+    (event,) = chain(TENANT, 1)
+    fields = dict(event.__dict__)
+    built = trusted(type(event), fields)
+    validated = type(event).model_validate(event.model_dump())
+    assert built == validated
+    assert built.model_dump(mode="json") == validated.model_dump(mode="json")
+    assert built.model_fields_set == validated.model_fields_set
+    assert encode_event(built)[1] == encode_event(validated)[1]
+    with pytest.raises(ValidationError):
+        built.tenant_seq = 2  # type: ignore[misc]  # still frozen
