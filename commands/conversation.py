@@ -99,10 +99,20 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a decision may depend on besides state: taken from the command envelope."""
+    """What a decision may depend on besides state: from the command envelope and its record.
+
+    `now` is when the command was issued (an inbound message's receipt opens the window then);
+    `latest` is the later of that and when the command reached the log, so a send issued inside
+    the window but decided after it closed (a backlog, the spool) is judged when it goes out.
+    """
 
     command_id: UUID
     now: datetime
+    latest: datetime | None = None
+
+    @property
+    def send_time(self) -> datetime:
+        return self.now if self.latest is None else max(self.now, self.latest)
 
 
 def decide(
@@ -150,7 +160,7 @@ def decide(
                 state=current.state,
                 opted_out=current.opted_out,
                 window_open_until=current.window_open_until,
-                now=ctx.now,
+                now=ctx.send_time,
                 is_template=command.content_sid is not None,
             )
             return [
@@ -211,11 +221,13 @@ def evolve(current: Conversation, event: ConversationEvent) -> Conversation:
         case ConversationStarted():
             return replace(current, started=True, contact=event.contact, sender=event.sender)
         case InboundMessageReceived():
+            window = event.window_open_until
+            if current.window_open_until is not None:  # messages may be decided out of order
+                window = max(window, current.window_open_until)
             return replace(
-                current,
-                inbound_sids=current.inbound_sids | {event.message_sid},
-                window_open_until=event.window_open_until,
-            )
+                current, inbound_sids=current.inbound_sids | {event.message_sid},
+                window_open_until=window,
+            )  # fmt: skip
         case DeliveryStatusChanged():
             return replace(current, statuses={**current.statuses, event.message_sid: event.status})
         case ContactOptedOut():

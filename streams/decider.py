@@ -26,10 +26,11 @@ from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
-from events.chain import seal
+from events.chain import head_of, seal
 from events.envelope import EventEnvelope, decode_command, encode_event
 from streams import kafka
 from streams.log import read_partition
@@ -95,11 +96,11 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
         heads = {str(t)[:8]: b.head.tenant_seq for t, b in books.books.items()}
         log.info("partition %d rebuilt from %d events, heads %s", partition, count, heads)
 
-    async def handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+    async def handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> bool:
+        """Decide and append a batch; False (nothing done) for a partition no longer ours."""
         books = self.partitions.get(tp.partition)
         if books is None:
-            await self.rebuild(tp.partition)
-            books = self.partitions[tp.partition]
+            return False  # revoked after this batch was fetched: its new owner decides these
         staged: dict[UUID, TenantBook] = {}
         per_command: list[list[EventEnvelope]] = []
         for record in records:
@@ -112,28 +113,33 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
             log.debug("partition %d offsets %d..%d appended %s", tp.partition,
                       records[0].offset, records[-1].offset, seqs[:1] + seqs[-1:])  # fmt: skip
         books.books.update(staged)  # the log has the events now: the staged books are the truth
+        return True
 
     async def _decide(
         self, books: _PartitionBooks, staged: dict[UUID, TenantBook], record: ConsumerRecord
     ) -> list[EventEnvelope]:
         try:
             command = decode_command(record.value)
+            _check_routing(record, command.tenant_id)
             book = staged.get(command.tenant_id)
             if book is None:
                 book = staged[command.tenant_id] = _copy(books.book(command.tenant_id))
             recorded_at = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-            envelopes = []
+            sealed, head = [], book.head
             for draft, event in book.decide(command, recorded_at):
-                envelope = seal(draft, book.head)
-                book.record(envelope, event)  # a staged copy: the real books change after acks
-                envelopes.append(envelope)
+                envelope = seal(draft, head)
+                head = head_of(envelope)
+                sealed.append((envelope, event))
         except Exception as exc:  # noqa: BLE001 - a poison command must not block its tenant
             await self._dead_letter(record, exc)
             return []
-        return envelopes
+        for envelope, event in sealed:  # only once the whole command is sealed
+            book.record(envelope, event)  # a staged copy: the real books change after acks
+        return [envelope for envelope, _ in sealed]
 
     async def _append(self, partition: int, per_command: list[list[EventEnvelope]]) -> None:
-        futures = []
+        """Append in record batches, each acked before the next is sent: a failed batch can
+        never be followed into the log by a later one (that would leave a gap in a chain)."""
         batch = self.producer.create_batch()
         for envelopes in per_command:
             encoded = [encode_event(envelope) for envelope in envelopes]
@@ -144,18 +150,16 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
                 for key, value, headers in encoded
             )
             if batch.record_count() and batch.size() + size > _BATCH_BYTES:
-                futures.append(
-                    await self.producer.send_batch(batch, self.topics.events, partition=partition)
-                )
+                await self._send(batch, partition)
                 batch = self.producer.create_batch()
             for key, value, headers in encoded:
                 metadata = batch.append(key=key, value=value, timestamp=None, headers=headers)
                 assert metadata is not None, "an event larger than the batch limit"
         if batch.record_count():
-            futures.append(
-                await self.producer.send_batch(batch, self.topics.events, partition=partition)
-            )
-        await asyncio.gather(*futures)
+            await self._send(batch, partition)
+
+    async def _send(self, batch: BatchBuilder, partition: int) -> None:
+        await (await self.producer.send_batch(batch, self.topics.events, partition=partition))
 
     async def _dead_letter(self, record: ConsumerRecord, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:2000]
@@ -169,6 +173,12 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
         await self.producer.send_and_wait(
             self.topics.dlq, record.value, key=record.key, headers=headers
         )
+
+
+def _check_routing(record: ConsumerRecord, tenant_id: UUID) -> None:
+    if record.key != str(tenant_id).encode():
+        # Misrouted: deciding it here would start a second chain for the tenant elsewhere.
+        raise ValueError("the record key is not the command's tenant_id")
 
 
 def _copy(book: TenantBook) -> TenantBook:
@@ -191,6 +201,7 @@ async def run_decider(
     max_records: int = 5000,
     topics: Topics = Topics(),
     on_commit: Callable[[int], None] | None = None,
+    drain_s: float = 5.0,
 ) -> None:
     """Run until `stop` is set; `on_commit(n)` hears of every committed batch of n commands."""
     producer = kafka.producer(bootstrap_servers, max_batch_size=_BATCH_BYTES, linger_ms=0)
@@ -208,9 +219,18 @@ async def run_decider(
     )
     consumer.subscribe([topics.commands], listener=decider)
     await consumer.start()
+    drain_until: float | None = None
     try:
-        while not stop.is_set():
+        while True:
+            if stop.is_set() and drain_until is None:
+                # Decide what was already accepted before leaving: with the in-memory
+                # development broker, commands left undecided would be lost with it.
+                drain_until = asyncio.get_running_loop().time() + drain_s
             batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+            if drain_until is not None and (
+                not batches or asyncio.get_running_loop().time() > drain_until
+            ):
+                break
             if not batches:
                 continue
             async with decider.lock:
@@ -221,7 +241,13 @@ async def run_decider(
                 )
                 offsets = {tp: OffsetAndMetadata(owned[tp][-1].offset + 1, "") for tp in done if tp}
                 if offsets:
-                    await consumer.commit(offsets)
+                    try:
+                        await consumer.commit(offsets)
+                    except CommitFailedError as exc:
+                        # The group moved on (a rebalance, an expired session): the records
+                        # come again to whoever owns them, and are recognised by command id.
+                        log.warning("commit refused, batch will be re-delivered: %s", exc)
+                        offsets = {}
             if on_commit is not None:
                 on_commit(sum(len(owned[tp]) for tp in offsets))
     finally:
@@ -234,7 +260,8 @@ async def _process(
 ) -> TopicPartition | None:
     """Decide and append one partition's batch; its partition when ready to commit, else None."""
     try:
-        await decider.handle(tp, records)
+        if not await decider.handle(tp, records):
+            return None
     except KafkaError as exc:
         log.warning("append failed (%s); rebuilding partition %d", exc, tp.partition)
         await _recover(consumer, decider, tp)

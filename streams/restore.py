@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from projections import archive
 from projections.database import Conn, connect
@@ -86,9 +87,9 @@ async def restore(
 async def _restore_partition(
     conn: Conn, producer: AIOKafkaProducer, topic: str, partition: int
 ) -> int:
-    expected = 0
+    expected, written = 0, 0
     async for rows in archive.read_partition(conn, topic, partition):
-        batch = producer.create_batch()
+        batch, first = producer.create_batch(), written
         for row in rows:
             if row.offset != expected:
                 raise RestoreRefused(
@@ -98,9 +99,24 @@ async def _restore_partition(
             expected += 1
             if batch.append(key=row.key, value=row.value, timestamp=row.timestamp_ms,
                             headers=row.headers) is None:  # fmt: skip
-                await (await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
+                written = await _send(producer, batch, topic, partition, first)
+                batch, first = producer.create_batch(), written
                 batch.append(key=row.key, value=row.value, timestamp=row.timestamp_ms,
                              headers=row.headers)  # fmt: skip
-        await (await producer.send_batch(batch, topic, partition=partition))
+        written = await _send(producer, batch, topic, partition, first)
     return expected
+
+
+async def _send(
+    producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int, first: int
+) -> int:
+    """Send one batch; it must land exactly at `first` (a retried, duplicated batch would not)."""
+    count: int = batch.record_count()
+    metadata = await (await producer.send_batch(batch, topic, partition=partition))
+    landed: int = metadata.offset
+    if landed != first:
+        raise RestoreRefused(
+            f"{topic} partition {partition}: a batch meant for offset {first} landed at "
+            f"{landed}; the restored log is not a faithful copy, stop and investigate"
+        )
+    return first + count

@@ -29,6 +29,10 @@ from events.tenant import TenantRegistered
 RECENT_COMMANDS: Final = 10_000
 
 
+class ChainBroken(Exception):
+    """The log holds a gap or a broken link in a tenant's chain."""
+
+
 @dataclass(slots=True)
 class TenantBook:
     tenant_id: UUID
@@ -44,7 +48,7 @@ class TenantBook:
         if command.command_id in self.recent_commands:
             return []
         body = COMMAND_REGISTRY.decode(command.type, command.schema_version, command.payload)
-        stream, events = self._route(body, command)
+        stream, events = self._route(body, command, recorded_at)
         # Built without re-validation: every value comes from validated models right here.
         return [
             (
@@ -68,7 +72,9 @@ class TenantBook:
             for index, event in enumerate(events)
         ]
 
-    def _route(self, body: Message, command: CommandEnvelope) -> tuple[str, list[Message]]:
+    def _route(
+        self, body: Message, command: CommandEnvelope, recorded_at: datetime
+    ) -> tuple[str, list[Message]]:
         if isinstance(body, RegisterTenant):
             stream = f"tenant:{self.tenant_id}"
             try:
@@ -86,7 +92,7 @@ class TenantBook:
         try:
             self._guard_tenant(body)
             current = self.conversations.get(cid) or conv.Conversation(cid)
-            ctx = conv.Context(command.command_id, command.issued_at)
+            ctx = conv.Context(command.command_id, command.issued_at, recorded_at)
             return stream, list(conv.decide(current, body, ctx))
         except Rejected as rejected:
             return stream, [_rejection(command, rejected)]
@@ -101,9 +107,19 @@ class TenantBook:
                 raise Rejected("tenant_mismatch", "the sender does not belong to this tenant")
 
     def apply(self, envelope: EventEnvelope) -> bool:
-        """Fold one event from the log; False for a duplicate (already applied)."""
+        """Fold one event from the log; False for a duplicate (already applied).
+
+        Anything but the next link of the chain is refused: deciding on top of a gap or a broken
+        link would seal new events onto a history that does not exist.
+        """
         if envelope.tenant_seq <= self.head.tenant_seq:
             return False
+        if envelope.tenant_seq != self.head.tenant_seq + 1 or envelope.prev_hash != self.head.hash:
+            raise ChainBroken(
+                f"tenant {self.tenant_id}: event {envelope.event_id} (seq {envelope.tenant_seq}) "
+                f"does not follow seq {self.head.tenant_seq}; the log needs repair before this "
+                "tenant's commands can be decided"
+            )
         event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
         self.record(envelope, event)
         return True

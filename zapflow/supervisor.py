@@ -27,7 +27,7 @@ from zapflow import runtime
 from zapflow.devbroker import DevBroker, start_dev_broker
 from zapflow.devdb import DATABASE, EmbeddedPostgres, start_embedded_postgres
 from zapflow.errors import ConfigurationError
-from zapflow.processes import port_is_free, spawn, stop, stop_all
+from zapflow.processes import port_is_free, spawn, stop_all
 from zapflow.secret_key import resolve_secret_key
 from zapflow.settings import Settings
 from zapflow.setup import check_broker, check_database, setup
@@ -164,11 +164,11 @@ def _shutdown(stack: _Stack, grace_s: float, say: Callable[[str], None]) -> None
     def grace() -> float:
         return 0.5 if stack.stopping > 1 else grace_s
 
-    # Producers of events first, the projector last: it drains the log into the event archive
-    # before the (in-memory) development broker stops.
-    stop_all([proc for name, proc in stack.children.items() if name != "projector"], grace())
-    if "projector" in stack.children:
-        stop(stack.children["projector"], grace())
+    # The API first (no new commands), then the decider (it decides what was accepted), the
+    # agent and sender, and the projector last: it drains the log into the event archive before
+    # the (in-memory) development broker stops (ADR 0009).
+    for group in (["api"], ["decider", "agent", "sender"], ["projector"]):
+        stop_all([stack.children[name] for name in group if name in stack.children], grace())
     if stack.database is not None:
         stack.database.stop(grace())
     if stack.broker is not None:

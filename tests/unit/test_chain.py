@@ -82,3 +82,15 @@ def test_reordered_events_are_reported() -> None:
     verifier = verify_chain([events[0], events[2], events[1], events[3]])
     assert not verifier.ok
     assert {i.kind for i in verifier.issues} == {"gap", "fork"}
+
+
+def test_the_decider_refuses_to_rebuild_on_top_of_a_gap() -> None:
+    from streams.tenant_book import ChainBroken, TenantBook
+
+    book = TenantBook(TENANT)
+    events = chain(TENANT, 3)
+    assert book.apply(events[0])
+    assert not book.apply(events[0])  # a duplicate is skipped
+    with pytest.raises(ChainBroken, match="does not follow seq 1"):
+        book.apply(events[2])
+    assert book.head.tenant_seq == 1

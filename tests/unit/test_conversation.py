@@ -217,3 +217,20 @@ def test_decisions_are_deterministic() -> None:
     state, command_id = given(inbound()), uuid.uuid4()
     first = conv.decide(state, bot(), conv.Context(command_id, NOW))
     assert first == conv.decide(state, bot(), conv.Context(command_id, NOW))
+
+
+def test_a_send_is_judged_when_it_reaches_the_log_not_when_it_was_issued() -> None:
+    state = given(inbound())
+    issued = NOW + timedelta(hours=23, minutes=59)
+    late = conv.Context(uuid.uuid4(), issued, latest=NOW + timedelta(hours=24, minutes=5))
+    with pytest.raises(Rejected) as caught:
+        conv.decide(state, bot(), late)
+    assert caught.value.code == "outside_service_window"
+
+
+def test_the_window_never_shrinks_when_messages_are_decided_out_of_order() -> None:
+    later = NOW + timedelta(hours=5)
+    state = given(inbound("SM2"), at=later)
+    for event in conv.decide(state, inbound("SM1"), conv.Context(uuid.uuid4(), NOW)):
+        state = conv.evolve(state, event)
+    assert state.window_open_until == later + timedelta(hours=24)
