@@ -50,14 +50,14 @@ async def store(
     topic: str,
     partition: int,
     records: Sequence[tuple[int, bytes | None, bytes, Sequence[tuple[str, bytes]], int]],
-    envelopes: Sequence[EventEnvelope],
+    envelopes: Sequence[EventEnvelope | None],
 ) -> None:
-    """Archive (offset, key, value, headers, timestamp_ms) records with their decoded envelopes."""
+    """Archive (offset, key, value, headers, timestamp_ms) records; None: not an event."""
     await conn.executemany(
         _STORE,
         [
-            (topic, partition, offset, key, value, _headers_json(headers), timestamp, e.tenant_id,
-             e.tenant_seq, e.hash)
+            (topic, partition, offset, key, value, _headers_json(headers), timestamp,
+             e.tenant_id if e else None, e.tenant_seq if e else None, e.hash if e else None)
             for (offset, key, value, headers, timestamp), e in zip(records, envelopes, strict=True)
         ],
     )  # fmt: skip

@@ -64,19 +64,12 @@ async def project(
     conn: Conn, projections: Sequence[Projection], tp: TopicPartition, records: Sequence[Record]
 ) -> None:
     """Project `records` of one partition, all or nothing; raises `Poison` at the first failure."""
+    await archive_records(conn, tp, records)
     envelopes = [_decode(index, record) for index, record in enumerate(records)]
-    names = checkpoint_names(projections)
+    names = [projection.name for projection in projections]
     async with conn.transaction():
         starts = await checkpoints.next_offsets(conn, names, tp.topic, tp.partition, lock=True)
         seqs = await checkpoints.tenant_seqs(conn, names, {e.tenant_id for e in envelopes})
-        # The archive keeps every record, duplicates too: it mirrors the log, offsets included.
-        fresh = [i for i, r in enumerate(records) if r.offset >= starts.get(archive.NAME, 0)]
-        await archive.store(
-            conn, tp.topic, tp.partition,
-            [(records[i].offset, records[i].key, records[i].value, records[i].headers,
-              records[i].timestamp) for i in fresh],
-            [envelopes[i] for i in fresh],
-        )  # fmt: skip
         applied: checkpoints.TenantSeqs = {}
         for projection in projections:
             for index, (record, envelope) in enumerate(zip(records, envelopes, strict=True)):
@@ -94,6 +87,37 @@ async def project(
         await checkpoints.save_next_offset(
             conn, names, tp.topic, tp.partition, records[-1].offset + 1
         )
+
+
+async def archive_records(conn: Conn, tp: TopicPartition, records: Sequence[Record]) -> None:
+    """Archive every record not yet archived, in a transaction of its own with its checkpoint.
+
+    Ahead of and apart from the projections: a record no projection can apply (or that is not
+    even an event) is still archived, so restoring the log never stops at it. Duplicates are
+    archived too: the archive mirrors the log, offsets included.
+    """
+    async with conn.transaction():
+        (start,) = (
+            await checkpoints.next_offsets(conn, [archive.NAME], tp.topic, tp.partition, lock=True)
+        ).values()
+        fresh = [r for r in records if r.offset >= start]
+        if not fresh:
+            return
+        await archive.store(
+            conn, tp.topic, tp.partition,
+            [(r.offset, r.key, r.value, r.headers, r.timestamp) for r in fresh],
+            [_decoded_or_none(r) for r in fresh],
+        )  # fmt: skip
+        await checkpoints.save_next_offset(
+            conn, [archive.NAME], tp.topic, tp.partition, fresh[-1].offset + 1
+        )
+
+
+def _decoded_or_none(record: Record) -> EventEnvelope | None:
+    try:
+        return decode_event(record.value)
+    except (ValueError, TypeError):
+        return None
 
 
 def checkpoint_names(projections: Sequence[Projection]) -> list[str]:

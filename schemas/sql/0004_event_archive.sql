@@ -9,9 +9,10 @@ CREATE TABLE event_archive (
     value        bytea       NOT NULL,
     headers      jsonb       NOT NULL,
     timestamp_ms bigint      NOT NULL,
-    tenant_id    uuid        NOT NULL,
-    tenant_seq   bigint      NOT NULL,
-    hash         text        NOT NULL,
+    -- NULL for a record that is not a decodable event: it is archived all the same.
+    tenant_id    uuid,
+    tenant_seq   bigint,
+    hash         text,
     PRIMARY KEY (topic, partition, "offset")
 );
 CREATE INDEX event_archive_tenant ON event_archive (tenant_id, tenant_seq);

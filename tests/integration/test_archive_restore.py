@@ -118,3 +118,38 @@ async def test_a_hole_in_the_archive_refuses_to_restore(
             await restore(second.bootstrap_servers, database_url)
     finally:
         second.stop()
+
+
+async def test_a_poison_record_is_archived_and_restored_like_any_other(
+    fresh_broker: str, database_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    await migrate(db)
+    tenant = uuid.uuid4()
+    events = chain(tenant, 6)
+    producer = kafka.producer(fresh_broker)
+    await producer.start()
+    try:
+        first = await append(producer, events[:3])
+        junk = await producer.send_and_wait(
+            EVENTS, b"not an event", key=str(tenant).encode(), partition=first[0].partition
+        )
+        await append(producer, events[3:])
+    finally:
+        await producer.stop()
+
+    async with projector(fresh_broker, database_url, EVENTS, retry_after_s=60) as task:
+        await eventually(task, lambda: _counts_match(db, 7))  # the projections stop at the junk
+    row = await db.fetchrow(
+        'SELECT value, tenant_id FROM event_archive WHERE partition = $1 AND "offset" = $2',
+        junk.partition,
+        junk.offset,
+    )
+    assert row is not None
+    assert (bytes(row["value"]), row["tenant_id"]) == (b"not an event", None)
+
+    second = start_dev_broker(0, tmp_path / "second.log")
+    try:
+        await ensure_topics_on(second.bootstrap_servers, partitions=12)
+        assert (await restore(second.bootstrap_servers, database_url)).total == 7
+    finally:
+        second.stop()
