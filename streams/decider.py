@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -277,11 +276,3 @@ async def _recover(consumer: AIOKafkaConsumer, decider: Decider, tp: TopicPartit
         await consumer.seek_to_beginning(tp)
     else:
         consumer.seek(tp, committed)
-
-
-def tenants_by_partition(decider: Decider) -> dict[int, list[UUID]]:
-    """For diagnostics and tests: which tenants each owned partition holds."""
-    found: dict[int, list[UUID]] = defaultdict(list)
-    for partition, books in decider.partitions.items():
-        found[partition].extend(books.books)
-    return dict(found)

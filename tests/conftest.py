@@ -19,8 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from projections.database import connect, ensure_database
+from streams import kafka
 from zapflow.devbroker import start_dev_broker
 from zapflow.devdb import start_embedded_postgres
 from zapflow.setup import ensure_topics_on
@@ -105,6 +107,17 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await asyncio.shield(conn.close())
+
+
+@pytest.fixture
+async def producer(bootstrap_servers: str) -> AsyncIterator[AIOKafkaProducer]:
+    """A producer on the session broker (modules with a broker of their own override it)."""
+    producer = kafka.producer(bootstrap_servers)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -29,16 +28,6 @@ async def topic(bootstrap_servers: str) -> str:
     finally:
         await admin.close()
     return name
-
-
-@pytest.fixture
-async def producer(bootstrap_servers: str) -> AsyncIterator[AIOKafkaProducer]:
-    producer = kafka.producer(bootstrap_servers)
-    await producer.start()
-    try:
-        yield producer
-    finally:
-        await producer.stop()
 
 
 async def _read_back(servers: str, topic: str) -> list[tuple[Position, EventEnvelope]]:

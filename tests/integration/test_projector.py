@@ -48,16 +48,6 @@ async def topic(bootstrap_servers: str) -> str:
 
 
 @pytest.fixture
-async def producer(bootstrap_servers: str) -> AsyncIterator[AIOKafkaProducer]:
-    producer = kafka.producer(bootstrap_servers)
-    await producer.start()
-    try:
-        yield producer
-    finally:
-        await producer.stop()
-
-
-@pytest.fixture
 async def migrated(db: asyncpg.Connection) -> asyncpg.Connection:
     await migrate(db)
     return db
