@@ -70,11 +70,15 @@ def _run_as() -> str | None:
     return SYSTEM_USER
 
 
-def _let_user_reach(path: Path, user: str) -> None:
-    """Own the data dir and make its ancestors traversable (o+x) for the server's user."""
+def _let_user_reach(data_dir: Path, bin_dir: Path, user: str) -> None:
+    """Own the data dir; make its and the binaries' ancestors traversable (o+x) for the user.
+
+    A checkout in a 0o700 folder (`mktemp -d`) would otherwise hide both the data dir and the
+    wheel's binaries inside `.venv` from the server's unprivileged user.
+    """
     entry = pwd.getpwnam(user)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-    for parent in path.resolve().parents:
+    os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    for parent in {*data_dir.resolve().parents, *bin_dir.resolve().parents}:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             parent.chmod(mode | stat.S_IXOTH)
@@ -104,7 +108,7 @@ def start_embedded_postgres(
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     if user is not None:
-        _let_user_reach(data_dir, user)
+        _let_user_reach(data_dir, bin_dir, user)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "PG_VERSION").exists():
         with log_path.open("ab") as log:
