@@ -65,5 +65,22 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(health.router)
-    app.include_router(webhooks.router)
+    app.router.routes.extend(webhooks.routes)
+    _document_webhooks(app)
     return app
+
+
+def _document_webhooks(app: FastAPI) -> None:
+    """Add the webhooks (plain Starlette routes, see `api.webhooks`) to the OpenAPI schema."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.setdefault("paths", {}).update(webhooks.openapi_paths())
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["Refusal"] = webhooks.REFUSAL_SCHEMA
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

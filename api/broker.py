@@ -21,6 +21,7 @@ log = logging.getLogger("zapflow.api.broker")
 
 _RETRY_FIRST_S: Final = 0.5
 _RETRY_MAX_S: Final = 5.0
+_MAX_BATCH_BYTES: Final = 256 * 1024
 
 
 class BrokerUnavailable(Exception):
@@ -48,7 +49,13 @@ class BrokerLink:
         """One attempt with a fresh producer; a failed one is stopped and discarded."""
         if self._producer is not None:
             return True
-        candidate = kafka.producer(self._bootstrap_servers)
+        # No linger and roomy batches: a request is sent as soon as the previous one to that
+        # broker is answered, carrying everything that arrived meanwhile. Under load that is
+        # one produce request per few dozen webhooks with no added wait; measured against
+        # linger 2 ms and 16 KiB batches it halves the producer's CPU per record (ADR 0010).
+        candidate = kafka.producer(
+            self._bootstrap_servers, linger_ms=0, max_batch_size=_MAX_BATCH_BYTES
+        )
         try:
             await asyncio.wait_for(candidate.start(), timeout_s or self._attempt_timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:

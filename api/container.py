@@ -45,7 +45,8 @@ class Container:
     clock: Clock = utc_now
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
+    """Async on purpose: FastAPI runs a plain `def` dependency in a worker thread per request."""
     container: Container = request.app.state.container
     return container
 

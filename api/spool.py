@@ -88,17 +88,28 @@ class CommandSpool:
     async def submit(self, envelope: CommandEnvelope) -> Route:
         """Make `envelope` durable: acked by the broker, or committed to the spool."""
         key, value, headers = encode_command(envelope)
-        context = {"tenant_id": envelope.tenant_id, "command_id": envelope.command_id}
+        return await self.submit_record(
+            envelope.tenant_id, envelope.command_id, key, value, headers
+        )
+
+    async def submit_record(
+        self, tenant_id: UUID, command_id: UUID, key: bytes, value: bytes, headers: KafkaHeaders
+    ) -> Route:
+        """`submit` of a command already encoded (`events.envelope.encode_command`'s bytes)."""
         if not self._spooling:
             try:
                 await self._broker.send(self._topic, key, value, headers, self._produce_timeout_s)
             except (KafkaError, TimeoutError, BrokerUnavailable) as exc:
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                log.warning("produce failed, spooling the command (%s)", reason, extra=context)
+                log.warning(
+                    "produce failed, spooling the command (%s)",
+                    reason,
+                    extra={"tenant_id": tenant_id, "command_id": command_id},
+                )
             else:
                 return "broker"
-        await self.insert(envelope.tenant_id, key, value, headers)
-        log.info("command spooled", extra=context)
+        await self.insert(tenant_id, key, value, headers)
+        log.info("command spooled", extra={"tenant_id": tenant_id, "command_id": command_id})
         return "spool"
 
     async def insert(

@@ -8,18 +8,20 @@ addresses are taken as sent (WhatsApp business-scoped user ids are not E.164).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
-from urllib.parse import parse_qsl
+from typing import Any, Final
+from urllib.parse import unquote_to_bytes
 from uuid import UUID, uuid5
 
 from pydantic import ValidationError
 
 from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
-from events.conversation import Button, Location, Media
-from events.envelope import CommandEnvelope
+from events.envelope import CommandEnvelope, KafkaHeaders, encode_command_fields
 
 MAX_FIELDS: Final = 1000
+MAX_SID_LENGTH: Final = 64
+MAX_STATUS_LENGTH: Final = 64
 _MEDIA_URL: Final = re.compile(r"^MediaUrl(\d{1,3})$")
 _BUTTON: Final = {"ButtonPayload": "payload", "ButtonText": "text", "ButtonType": "type"}
 
@@ -45,23 +47,40 @@ class FormParams(dict[str, list[str]]):
 
 
 def parse_form(body: bytes) -> FormParams:
-    """Parse an `application/x-www-form-urlencoded` body strictly (UTF-8, no stray `&`)."""
+    """Parse an `application/x-www-form-urlencoded` body strictly (UTF-8, no stray `&`).
+
+    The result is what `urllib.parse.parse_qsl(strict_parsing=True, keep_blank_values=True,
+    errors="strict")` returns (a property test holds the two together), at a third of its cost:
+    this runs for every webhook, and most fields need no unquoting at all.
+    """
     try:
-        pairs = parse_qsl(
-            body.decode(),
-            keep_blank_values=True,
-            strict_parsing=True,
-            errors="strict",
-            max_num_fields=MAX_FIELDS,
-        )
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = body.decode()
+    except UnicodeDecodeError as exc:
         raise TwilioFormError("malformed_body", f"not a valid form body: {exc}") from None
     params = FormParams()
-    for name, value in pairs:
+    if not text:
+        return params
+    fields = text.split("&")
+    if len(fields) > MAX_FIELDS:
+        raise TwilioFormError("malformed_body", f"more than {MAX_FIELDS} form fields")
+    for field in fields:
+        name, equals, value = field.partition("=")
+        if not equals:
+            raise TwilioFormError("malformed_body", f"not a valid form body: bad field {field!r}")
         if not name:
             raise TwilioFormError("malformed_body", "a form field has an empty name")
+        try:
+            name, value = _unquote(name), _unquote(value)
+        except UnicodeDecodeError as exc:
+            raise TwilioFormError("malformed_body", f"not a valid form body: {exc}") from None
         params.setdefault(name, []).append(value)
     return params
+
+
+def _unquote(text: str) -> str:
+    if "+" in text:
+        text = text.replace("+", " ")
+    return unquote_to_bytes(text).decode() if "%" in text else text
 
 
 class _Reader:
@@ -100,7 +119,39 @@ class _Reader:
         }
 
 
-def _media(form: _Reader) -> list[Media]:
+type Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookCommand:
+    """A webhook's command as it travels: its type and JSON-mode payload, plus what is checked.
+
+    Built from the form with plain dicts, not pydantic models: this runs for every webhook. The
+    payload is exactly `ReceiveInboundMessage(...).payload()` (or `RecordDeliveryStatus`'s); a
+    property test holds the two together, and `inbound_message`/`delivery_status` validate it.
+    """
+
+    type: str
+    schema_version: int
+    idempotency_key: str
+    """One record per key: the MessageSid, or MessageSid:status for a status callback."""
+    account_sid: str
+    sender: str
+    contact: str
+    message_sid: str
+    payload: Json
+
+
+def _sid(form: _Reader) -> str:
+    sid = form.require("MessageSid")
+    if len(sid) > MAX_SID_LENGTH:
+        raise TwilioFormError(
+            "invalid_parameter", f"MessageSid is longer than {MAX_SID_LENGTH} characters"
+        )
+    return sid
+
+
+def _media(form: _Reader) -> list[Json]:
     # NumMedia is advisory: the MediaUrl{N} keys that are present (and not blank) are the media.
     form.get("NumMedia")
     found = sorted(
@@ -110,24 +161,25 @@ def _media(form: _Reader) -> list[Media]:
     for _, index in found:
         url = form.get(f"MediaUrl{index}")
         if url:
-            media.append(Media(url=url, content_type=form.get(f"MediaContentType{index}")))
+            media.append({"url": url, "content_type": form.get(f"MediaContentType{index}")})
     return media
 
 
-def _location(form: _Reader) -> Location | None:
+def _location(form: _Reader) -> Json | None:
     if not (form.has("Latitude") and form.has("Longitude")):
         return None  # a half location stays in `extra`, as sent
-    return Location(
-        latitude=form.get("Latitude") or "",
-        longitude=form.get("Longitude") or "",
-        address=form.get("Address"),
-        label=form.get("Label"),
-    )
+    return {
+        "latitude": form.get("Latitude") or "",
+        "longitude": form.get("Longitude") or "",
+        "address": form.get("Address"),
+        "label": form.get("Label"),
+    }
 
 
-def _button(form: _Reader) -> Button | None:
-    fields = {field: form.get(name) for name, field in _BUTTON.items() if form.has(name)}
-    return Button.model_validate(fields) if fields else None
+def _button(form: _Reader) -> Json | None:
+    if not any(form.has(name) for name in _BUTTON):
+        return None
+    return {field: form.get(name) for name, field in _BUTTON.items()}
 
 
 def _referral(form: _Reader) -> dict[str, str]:
@@ -135,43 +187,69 @@ def _referral(form: _Reader) -> dict[str, str]:
     return {name: value for name, value in found.items() if value is not None}
 
 
+def inbound_command(params: FormParams) -> WebhookCommand:
+    """The `ReceiveInboundMessage` of an incoming-message webhook."""
+    form = _Reader(params)
+    sid, account, contact, sender = (
+        _sid(form), form.require("AccountSid"), form.require("From"), form.require("To")
+    )  # fmt: skip
+    payload: Json = {
+        "message_sid": sid,
+        "account_sid": account,
+        "contact": contact,
+        "sender": sender,
+        "body": form.get("Body") or "",
+        "media": _media(form),
+        "profile_name": form.get("ProfileName"),
+        "wa_id": form.get("WaId"),
+        "location": _location(form),
+        "button": _button(form),
+        "referral": _referral(form),
+        "replied_to_sid": form.get("OriginalRepliedMessageSid"),
+    }
+    payload["extra"] = form.extra()
+    return WebhookCommand("ReceiveInboundMessage", 1, sid, account, sender, contact, sid, payload)
+
+
+def status_command(params: FormParams) -> WebhookCommand:
+    """The `RecordDeliveryStatus` of a status callback (`From` is our sender)."""
+    form = _Reader(params)
+    sid, account, status = _sid(form), form.require("AccountSid"), form.require("MessageStatus")
+    if len(status) > MAX_STATUS_LENGTH:
+        raise TwilioFormError(
+            "invalid_parameter", f"MessageStatus is longer than {MAX_STATUS_LENGTH} characters"
+        )
+    sender, contact = form.require("From"), form.require("To")
+    payload: Json = {
+        "message_sid": sid,
+        "account_sid": account,
+        "status": status,
+        "sender": sender,
+        "contact": contact,
+        "error_code": form.get("ErrorCode") or None,
+        "error_message": form.get("ChannelStatusMessage") or None,
+    }
+    payload["extra"] = form.extra()
+    # One record per (sid, status): Twilio sends each status once, and retries repeat it.
+    return WebhookCommand(
+        "RecordDeliveryStatus", 1, f"{sid}:{status}", account, sender, contact, sid, payload
+    )
+
+
 def inbound_message(params: FormParams) -> ReceiveInboundMessage:
     """`ReceiveInboundMessage` from an incoming-message webhook's parameters."""
-    form = _Reader(params)
+    command = inbound_command(params)
     try:
-        return ReceiveInboundMessage(
-            message_sid=form.require("MessageSid"),
-            account_sid=form.require("AccountSid"),
-            contact=form.require("From"),
-            sender=form.require("To"),
-            body=form.get("Body") or "",
-            media=_media(form),
-            profile_name=form.get("ProfileName"),
-            wa_id=form.get("WaId"),
-            location=_location(form),
-            button=_button(form),
-            referral=_referral(form),
-            replied_to_sid=form.get("OriginalRepliedMessageSid"),
-            extra=form.extra(),
-        )
+        return ReceiveInboundMessage.model_validate(command.payload)
     except ValidationError as exc:
         raise TwilioFormError("invalid_parameter", _first_error(exc)) from None
 
 
 def delivery_status(params: FormParams) -> RecordDeliveryStatus:
-    """`RecordDeliveryStatus` from a status callback's parameters (`From` is our sender)."""
-    form = _Reader(params)
+    """`RecordDeliveryStatus` from a status callback's parameters."""
+    command = status_command(params)
     try:
-        return RecordDeliveryStatus(
-            message_sid=form.require("MessageSid"),
-            account_sid=form.require("AccountSid"),
-            status=form.require("MessageStatus"),
-            sender=form.require("From"),
-            contact=form.require("To"),
-            error_code=form.get("ErrorCode") or None,
-            error_message=form.get("ChannelStatusMessage") or None,
-            extra=form.extra(),
-        )
+        return RecordDeliveryStatus.model_validate(command.payload)
     except ValidationError as exc:
         raise TwilioFormError("invalid_parameter", _first_error(exc)) from None
 
@@ -182,6 +260,37 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}"
 
 
+def _envelope_fields(
+    tenant_id: UUID, command_type: str, schema_version: int, key: str, issued_at: datetime
+) -> dict[str, Any]:
+    """A webhook's envelope fields but the payload; a retried webhook yields the same id."""
+    command_id = uuid5(tenant_id, f"{command_type}:{key}")
+    return {
+        "command_id": command_id,
+        "tenant_id": tenant_id,
+        "type": command_type,
+        "schema_version": schema_version,
+        "issued_at": issued_at,
+        "correlation_id": command_id,
+        "idempotency_key": key,
+    }
+
+
+def command_record(
+    tenant_id: UUID, command: WebhookCommand, issued_at: datetime
+) -> tuple[UUID, bytes, bytes, KafkaHeaders]:
+    """Command id, key, value and headers of the webhook's record in `zapflow.commands`.
+
+    The bytes are `events.envelope.encode_command(command_envelope(...))`'s, written without
+    building the envelope (a unit test holds the two equal).
+    """
+    fields = _envelope_fields(
+        tenant_id, command.type, command.schema_version, command.idempotency_key, issued_at
+    )
+    key, value, headers = encode_command_fields(**fields, payload=command.payload)
+    return fields["command_id"], key, value, headers
+
+
 def command_envelope(
     tenant_id: UUID, command: ReceiveInboundMessage | RecordDeliveryStatus, issued_at: datetime
 ) -> CommandEnvelope:
@@ -190,17 +299,8 @@ def command_envelope(
         key = f"{command.message_sid}:{command.status}"  # one callback per (sid, status)
     else:
         key = command.message_sid
-    command_id = uuid5(tenant_id, f"{command.type}:{key}")
-    return CommandEnvelope(
-        command_id=command_id,
-        tenant_id=tenant_id,
-        type=command.type,
-        schema_version=command.schema_version,
-        issued_at=issued_at,
-        correlation_id=command_id,
-        idempotency_key=key,
-        payload=command.payload(),
-    )
+    fields = _envelope_fields(tenant_id, command.type, command.schema_version, key, issued_at)
+    return CommandEnvelope(**fields, payload=command.payload())
 
 
 def mask_address(address: str) -> str:

@@ -12,36 +12,42 @@ import logging
 from typing import Final
 from uuid import UUID
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from api.container import Container, ContainerDep
+from api.container import Container
 from api.signature import SIGNATURE_HEADER, signature_is_valid, signed_url
 from api.tenant_cache import TenantCredentials
 from api.twilio_form import (
     FormParams,
     TwilioFormError,
-    command_envelope,
-    delivery_status,
-    inbound_message,
+    WebhookCommand,
+    command_record,
+    inbound_command,
     mask_address,
     parse_form,
+    status_command,
 )
-from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
 from projections.credentials import SecretError
 
 log = logging.getLogger("zapflow.api.webhooks")
 
 TWIML_EMPTY: Final = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 _FORM: Final = "application/x-www-form-urlencoded"
+PREFIX: Final = "/v1/tenants/{tenant_id}/twilio"
 
-router = APIRouter(prefix="/v1/tenants/{tenant_id}/twilio", tags=["twilio"])
-
-_REFUSALS: Final[dict[int | str, dict[str, object]]] = {
-    400: {"description": "Malformed body or missing parameters."},
-    403: {"description": "Signature missing or invalid, or not this tenant's account/sender."},
-    404: {"description": "No such tenant."},
-    413: {"description": "Body larger than the configured limit."},
+_REFUSALS: Final[dict[str, object]] = {
+    str(status): {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Refusal"}}},
+    }
+    for status, description in (
+        (400, "Malformed body or missing parameters."),
+        (403, "Signature missing or invalid, or not this tenant's account/sender."),
+        (404, "No such tenant."),
+        (413, "Body larger than the configured limit."),
+    )
 }
 
 
@@ -51,27 +57,98 @@ class _Refused(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
-@router.post(
-    "/messages",
-    summary="Twilio incoming-message webhook (WhatsApp)",
-    response_class=Response,
-    responses={200: {"content": {"text/xml": {}}}, **_REFUSALS},
-)
-async def receive_message(tenant_id: str, request: Request, container: ContainerDep) -> Response:
-    return await _accept(tenant_id, request, container, "messages")
+async def receive_message(request: Request) -> Response:
+    """Twilio incoming-message webhook (WhatsApp)."""
+    return await _accept(request, "messages")
 
 
-@router.post(
-    "/status",
-    summary="Twilio message status callback",
-    response_class=Response,
-    responses={200: {"content": {"text/xml": {}}}, **_REFUSALS},
-)
-async def record_status(tenant_id: str, request: Request, container: ContainerDep) -> Response:
-    return await _accept(tenant_id, request, container, "status")
+async def record_status(request: Request) -> Response:
+    """Twilio message status callback."""
+    return await _accept(request, "status")
 
 
-async def _accept(raw_id: str, request: Request, container: Container, kind: str) -> Response:
+# Plain Starlette routes, not FastAPI's: this is the hottest path of the platform, and FastAPI's
+# per-request dependency and parameter machinery cost more than everything the handler does
+# (profiled: ADR 0010). Their OpenAPI description is written out in `openapi_paths` instead.
+routes: Final = [
+    Route(f"{PREFIX}/messages", receive_message, methods=["POST"], name="twilio_messages"),
+    Route(f"{PREFIX}/status", record_status, methods=["POST"], name="twilio_status"),
+]
+
+
+def openapi_paths() -> dict[str, dict[str, object]]:
+    """The webhooks' OpenAPI path items (merged into the schema by `api.app`)."""
+
+    def operation(summary: str, operation_id: str, description: str) -> dict[str, object]:
+        return {
+            "tags": ["twilio"],
+            "summary": summary,
+            "description": description,
+            "operationId": operation_id,
+            "parameters": [
+                {
+                    "name": "tenant_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "format": "uuid"},
+                },
+                {
+                    "name": SIGNATURE_HEADER,
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "Base64 HMAC-SHA1 of the URL and the sorted form parameters "
+                    "under the tenant's Twilio auth token.",
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    _FORM: {
+                        "schema": {"type": "object", "additionalProperties": {"type": "string"}}
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Accepted: the command is durable. Empty TwiML.",
+                    "content": {"text/xml": {"example": TWIML_EMPTY}},
+                },
+                **_REFUSALS,
+            },
+        }
+
+    return {
+        f"{PREFIX}/messages": {
+            "post": operation(
+                "Twilio incoming-message webhook (WhatsApp)",
+                "twilio_messages",
+                "Configure as the sender's *A message comes in* URL. Each message is recorded "
+                "once however often Twilio retries it.",
+            )
+        },
+        f"{PREFIX}/status": {
+            "post": operation(
+                "Twilio message status callback",
+                "twilio_status",
+                "Configure as the `StatusCallback` of outbound messages. A status only moves "
+                "forward.",
+            )
+        },
+    }
+
+
+REFUSAL_SCHEMA: Final[dict[str, object]] = {
+    "title": "Refusal",
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+}
+
+
+async def _accept(request: Request, kind: str) -> Response:
+    container: Container = request.app.state.container
+    raw_id: str = request.path_params["tenant_id"]
     try:
         tenant = await _tenant(container, raw_id)
         command = await _verified_command(request, container, tenant, kind)
@@ -85,16 +162,18 @@ async def _accept(raw_id: str, request: Request, container: Container, kind: str
         return JSONResponse(
             {"error": refused.code, "detail": refused.detail}, status_code=refused.status
         )
-    envelope = command_envelope(tenant.tenant_id, command, container.clock())
-    route = await container.spool.submit(envelope)
-    log.info(
-        "%s %s from %s accepted (%s)",
-        command.type,
-        command.message_sid,
-        mask_address(command.contact),
-        route,
-        extra={"tenant_id": tenant.tenant_id, "command_id": envelope.command_id},
-    )
+    tenant_id = tenant.tenant_id
+    command_id, key, value, headers = command_record(tenant_id, command, container.clock())
+    route = await container.spool.submit_record(tenant_id, command_id, key, value, headers)
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "%s %s from %s accepted (%s)",
+            command.type,
+            command.message_sid,
+            mask_address(command.contact),
+            route,
+            extra={"tenant_id": tenant_id, "command_id": command_id},
+        )
     return Response(TWIML_EMPTY, media_type="text/xml")
 
 
@@ -117,7 +196,7 @@ async def _tenant(container: Container, raw_id: str) -> TenantCredentials:
 
 async def _verified_command(
     request: Request, container: Container, tenant: TenantCredentials, kind: str
-) -> ReceiveInboundMessage | RecordDeliveryStatus:
+) -> WebhookCommand:
     body = await _body(request, container.config.max_body_bytes)
     signature = request.headers.get(SIGNATURE_HEADER)
     if not signature:
@@ -140,18 +219,21 @@ async def _verified_command(
     return command
 
 
-def _translate(params: FormParams, kind: str) -> ReceiveInboundMessage | RecordDeliveryStatus:
+def _translate(params: FormParams, kind: str) -> WebhookCommand:
     try:
-        return inbound_message(params) if kind == "messages" else delivery_status(params)
+        return inbound_command(params) if kind == "messages" else status_command(params)
     except TwilioFormError as exc:
         raise _Refused(400, exc.code, exc.detail) from None
 
 
 def _url(request: Request, container: Container) -> str:
     config = container.config
-    query = request.scope.get("query_string", b"").decode("latin-1")
+    scope = request.scope
+    # `request.url.path` without building the whole URL: the path as Starlette escapes it.
+    path = scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    query = scope.get("query_string", b"").decode("latin-1")
     return signed_url(
-        config.public_url, request.url.path, query, request.headers, trust_proxy=config.trust_proxy
+        config.public_url, path, query, request.headers, trust_proxy=config.trust_proxy
     )
 
 

@@ -37,7 +37,7 @@ class RecordDeliveryStatus(Message):
     schema_version: Literal[1] = 1
     message_sid: str = Field(min_length=1, max_length=64)
     account_sid: str
-    status: str = Field(min_length=1, description="Twilio `MessageStatus`, as sent.")
+    status: str = Field(min_length=1, max_length=64, description="Twilio `MessageStatus`, as sent.")
     contact: str = Field(min_length=1, description="Twilio `To`: the customer's address.")
     sender: str = Field(min_length=1, description="Twilio `From`: the tenant's sender.")
     error_code: str | None = None

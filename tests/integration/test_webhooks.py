@@ -171,3 +171,17 @@ async def test_a_status_callback_becomes_record_delivery_status(
     assert command.command_id == uuid.uuid5(
         tenant.tenant_id, f"RecordDeliveryStatus:{params['MessageSid']}:delivered"
     )
+
+
+def test_the_webhooks_are_in_the_openapi_schema(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    for path in (
+        "/v1/tenants/{tenant_id}/twilio/messages",
+        "/v1/tenants/{tenant_id}/twilio/status",
+    ):
+        operation = schema["paths"][path]["post"]
+        assert set(operation["responses"]) == {"200", "400", "403", "404", "413"}
+        assert "application/x-www-form-urlencoded" in operation["requestBody"]["content"]
+        refusal = operation["responses"]["403"]["content"]["application/json"]["schema"]
+        assert refusal == {"$ref": "#/components/schemas/Refusal"}
+    assert schema["components"]["schemas"]["Refusal"]["required"] == ["error", "detail"]
