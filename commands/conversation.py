@@ -42,6 +42,7 @@ from events.conversation import (
 )
 
 SERVICE_WINDOW: Final = timedelta(hours=24)
+_NOT_IN_INBOUND_EVENT: Final = frozenset({"type", "schema_version", "account_sid"})
 
 type ConversationCommand = (
     ReceiveInboundMessage
@@ -198,8 +199,9 @@ def _receive(
                                           sender=command.sender))  # fmt: skip
     elif current.state == "closed":
         events.append(ConversationReopened(conversation_id=cid, message_sid=sid))
-    fields = command.payload()
-    del fields["account_sid"]
+    # The command's own values (nested parts stay validated model instances): cheaper than a
+    # dump that the event's validation would parse straight back.
+    fields = {k: v for k, v in command.__dict__.items() if k not in _NOT_IN_INBOUND_EVENT}
     events.append(
         InboundMessageReceived(
             **fields,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final, Self, override
@@ -112,11 +113,15 @@ def trusted[M: BaseModel](model: type[M], fields: dict[str, Any]) -> M:
     object.__setattr__(instance, "__dict__", fields)
     object.__setattr__(instance, "__pydantic_fields_set__", set(fields))
     object.__setattr__(instance, "__pydantic_extra__", None)
-    object.__setattr__(instance, "__pydantic_private__", _private_defaults(model))
+    defaults = _private_defaults(model)
+    object.__setattr__(instance, "__pydantic_private__", None if defaults is None else {**defaults})
     return instance
 
 
+@functools.cache
 def _private_defaults(model: type[BaseModel]) -> dict[str, Any] | None:
+    # Cached per class: reading `__private_attributes__` goes through pydantic's metaclass.
+    # Callers copy the dict; each instance needs its own.
     private = model.__private_attributes__
     if not private:
         return None
@@ -138,7 +143,8 @@ def encode_event(envelope: EventEnvelope) -> tuple[bytes, bytes, KafkaHeaders]:
         (HEADER_ID, str(envelope.event_id).encode()),
         (HEADER_TENANT_SEQ, str(envelope.tenant_seq).encode()),
     ]
-    value = envelope._wire if envelope._wire is not None else to_json_bytes(envelope)
+    wire = envelope._wire  # one read: private attributes go through pydantic's __getattr__
+    value = wire if wire is not None else to_json_bytes(envelope)
     return str(envelope.tenant_id).encode(), value, headers
 
 

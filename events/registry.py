@@ -8,7 +8,7 @@ upcasters, each of which lifts a payload from version N to N+1.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -57,16 +57,23 @@ class Registry[M: Message]:
     models: Mapping[str, type[M]]
     upcasters: Mapping[tuple[str, int], Upcaster]
 
+    _versions: dict[str, int] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
+        versions = {}
         for name, model in self.models.items():
             if _default_of(model, "type") != name:
                 raise TypeError(f"{model.__name__}.type must default to {name!r}")
-            _default_of(model, "schema_version")
+            version = _default_of(model, "schema_version")
+            if not isinstance(version, int):
+                raise TypeError(f"{model.__name__}.schema_version must default to an int")
+            versions[name] = version
+        # Read once here: pydantic's `model_fields` is rebuilt on every access.
+        object.__setattr__(self, "_versions", versions)
 
     def version_of(self, type_name: str) -> int:
-        version = _default_of(self._model(type_name), "schema_version")
-        assert isinstance(version, int)
-        return version
+        self._model(type_name)  # UnknownType for a name this registry does not know
+        return self._versions[type_name]
 
     def decode(self, type_name: str, schema_version: int, payload: Payload) -> M:
         """The current model for a stored payload, upcasting it from `schema_version`."""

@@ -2,10 +2,10 @@
 
 Per fetched batch and partition: decide every command against the tenant's book, seal the
 events into the tenant's chain, append them (each command's events in one record batch, so a
-command's events land together or not at all), await acks=all, and only then fold them into
-the books and commit the command offsets. If appending fails, the partition's books are rebuilt
-from the log and the consumer seeks back to the last commit: nothing is decided twice against
-a state the log does not have. On assignment, a partition's books are rebuilt by reading the
+command's events land together or not at all), await acks=all, and only then commit the
+command offsets. If appending fails, the partition's books are dropped and rebuilt from the log,
+and the consumer seeks back to the last commit: nothing is decided against a state the log does
+not have. On assignment, a partition's books are rebuilt by reading the
 same partition of `zapflow.events` (both topics are keyed by tenant with equal partition counts).
 
 A command that cannot be decoded, or whose decision raises anything but a business rejection,
@@ -96,33 +96,38 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
         log.info("partition %d rebuilt from %d events, heads %s", partition, count, heads)
 
     async def handle(self, tp: TopicPartition, records: list[ConsumerRecord]) -> bool:
-        """Decide and append a batch; False (nothing done) for a partition no longer ours."""
+        """Decide and append a batch; False (nothing done) for a partition no longer ours.
+
+        The books take each command's events as it is decided, before the append is acked.
+        If anything fails before the ack, the partition's books are dropped (the caller rebuilds
+        them from the log), so no command is ever decided on state the log does not hold.
+        Deciding in place rather than on copies keeps a batch's cost independent of how many
+        conversations and remembered command ids a tenant has.
+        """
         books = self.partitions.get(tp.partition)
         if books is None:
             return False  # revoked after this batch was fetched: its new owner decides these
-        staged: dict[UUID, TenantBook] = {}
-        per_command: list[list[EventEnvelope]] = []
-        for record in records:
-            envelopes = await self._decide(books, staged, record)
-            if envelopes:
-                per_command.append(envelopes)
-        await self._append(tp.partition, per_command)
+        try:
+            per_command: list[list[EventEnvelope]] = []
+            for record in records:
+                envelopes = await self._decide(books, record)
+                if envelopes:
+                    per_command.append(envelopes)
+            await self._append(tp.partition, per_command)
+        except BaseException:
+            self.partitions.pop(tp.partition, None)
+            raise
         if log.isEnabledFor(logging.DEBUG):
             seqs = [(str(e.tenant_id)[:8], e.tenant_seq) for c in per_command for e in c]
             log.debug("partition %d offsets %d..%d appended %s", tp.partition,
                       records[0].offset, records[-1].offset, seqs[:1] + seqs[-1:])  # fmt: skip
-        books.books.update(staged)  # the log has the events now: the staged books are the truth
         return True
 
-    async def _decide(
-        self, books: _PartitionBooks, staged: dict[UUID, TenantBook], record: ConsumerRecord
-    ) -> list[EventEnvelope]:
+    async def _decide(self, books: _PartitionBooks, record: ConsumerRecord) -> list[EventEnvelope]:
         try:
             command = decode_command(record.value)
             _check_routing(record, command.tenant_id)
-            book = staged.get(command.tenant_id)
-            if book is None:
-                book = staged[command.tenant_id] = _copy(books.book(command.tenant_id))
+            book = books.book(command.tenant_id)
             recorded_at = datetime.fromtimestamp(record.timestamp / 1000, UTC)
             sealed, head = [], book.head
             for draft, event in book.decide(command, recorded_at):
@@ -133,7 +138,7 @@ class Decider(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
             await self._dead_letter(record, exc)
             return []
         for envelope, event in sealed:  # only once the whole command is sealed
-            book.record(envelope, event)  # a staged copy: the real books change after acks
+            book.record(envelope, event)
         return [envelope for envelope, _ in sealed]
 
     async def _append(self, partition: int, per_command: list[list[EventEnvelope]]) -> None:
@@ -178,17 +183,6 @@ def _check_routing(record: ConsumerRecord, tenant_id: UUID) -> None:
     if record.key != str(tenant_id).encode():
         # Misrouted: deciding it here would start a second chain for the tenant elsewhere.
         raise ValueError("the record key is not the command's tenant_id")
-
-
-def _copy(book: TenantBook) -> TenantBook:
-    # Conversations are immutable values, so a shallow copy of the containers is a snapshot.
-    return TenantBook(
-        book.tenant_id,
-        book.head,
-        book.profile,
-        dict(book.conversations),
-        book.recent_commands.copy(),
-    )
 
 
 async def run_decider(

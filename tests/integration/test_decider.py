@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
 from commands.operator import HandOffToHuman, RequestOutboundMessage
@@ -20,7 +21,7 @@ from events.chain import verify_chain
 from events.envelope import CommandEnvelope, EventEnvelope, encode_command
 from events.registry import Message
 from streams import kafka
-from streams.decider import run_decider
+from streams.decider import Decider, Topics, run_decider
 from streams.log import read_all
 from streams.topics import COMMANDS, DLQ, EVENTS
 
@@ -205,4 +206,53 @@ async def test_a_restarted_decider_rebuilds_state_from_the_log(
         "InboundMessageReceived",
     ]
     assert [e.payload["message_sid"] for e in events[2:]] == ["SMa", "SMb"]
+    assert verify_chain(events).ok
+
+
+async def _command_records(servers: str, partition: int) -> list[ConsumerRecord]:
+    consumer = kafka.groupless_consumer(servers)
+    await consumer.start()
+    try:
+        tp = TopicPartition(COMMANDS, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        batch = await consumer.getmany(tp, timeout_ms=3000)
+        records: list[ConsumerRecord] = batch.get(tp, [])
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def test_a_batch_whose_append_fails_leaves_no_decision_behind(
+    fresh_broker: str, producer: AIOKafkaProducer
+) -> None:
+    tenant, contact = uuid.uuid4(), "whatsapp:+5511999990004"
+    await send(producer, register(tenant), inbound(tenant, "SMf", contact))
+    metadata = await producer.client.fetch_all_metadata()
+    partition = producer._partition(COMMANDS, None, None, None, str(tenant).encode(), None)
+    assert partition in metadata.partitions_for_topic(COMMANDS)
+    records = await _command_records(fresh_broker, partition)
+    assert len(records) == 2
+    tp = TopicPartition(COMMANDS, partition)
+
+    closed = kafka.producer(fresh_broker)
+    await closed.start()
+    await closed.stop()  # every append now fails, after the batch was decided
+    decider = Decider(fresh_broker, closed, Topics())
+    await decider.rebuild(partition)
+    with pytest.raises(KafkaError):
+        await decider.handle(tp, records)
+    # The decisions the log never got are forgotten: the partition decides nothing until rebuilt.
+    assert partition not in decider.partitions
+    assert await decider.handle(tp, records) is False
+
+    decider.producer = producer
+    await decider.rebuild(partition)
+    assert await decider.handle(tp, records) is True
+    events = await events_of(fresh_broker, tenant, at_least=3)
+    assert [(e.type, e.tenant_seq) for e in events] == [
+        ("TenantRegistered", 1),
+        ("ConversationStarted", 2),
+        ("InboundMessageReceived", 3),
+    ]
     assert verify_chain(events).ok

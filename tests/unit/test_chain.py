@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from events.chain import GENESIS, compute_hash, head_of, seal, verify_chain
+from events.envelope import EventDraft, decode_event, encode_event, to_json_bytes
 from tests.builders import chain, draft
 
 pytestmark = pytest.mark.unit
@@ -94,3 +96,28 @@ def test_the_decider_refuses_to_rebuild_on_top_of_a_gap() -> None:
     with pytest.raises(ChainBroken, match="does not follow seq 1"):
         book.apply(events[2])
     assert book.head.tenant_seq == 1
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 2),
+        max_value=datetime(2200, 1, 1),
+        timezones=st.sampled_from(
+            [
+                UTC,
+                timezone(timedelta(0)),
+                timezone(timedelta(hours=-3)),
+                timezone(timedelta(hours=5, minutes=30)),
+            ]
+        ),
+    )
+)
+def test_sealed_bytes_are_the_models_json_whatever_the_instant(instant: datetime) -> None:
+    """`seal` dumps the draft's own values with orjson; they must equal pydantic's JSON mode."""
+    base = draft(TENANT, 1)
+    moved = EventDraft.model_validate({**base.__dict__, "occurred_at": instant,
+                                        "recorded_at": instant})  # fmt: skip
+    envelope = seal(moved, GENESIS)
+    assert envelope.hash == compute_hash(envelope)
+    assert encode_event(envelope)[1] == to_json_bytes(envelope)
+    assert decode_event(to_json_bytes(envelope)) == envelope

@@ -146,7 +146,9 @@ _FORMS = st.fixed_dictionaries(
 _INSTANTS = st.datetimes(
     min_value=datetime(2000, 1, 1),
     max_value=datetime(2100, 1, 1),
-    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-3)), timezone(timedelta(hours=5))]),
+    timezones=st.sampled_from(
+        [UTC, timezone(timedelta(0)), timezone(timedelta(hours=-3)), timezone(timedelta(hours=5))]
+    ),
 )
 _TENANT = UUID("6f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f")
 
