@@ -114,8 +114,8 @@ async def _decider(infra: Infra, plan: Plan) -> list[Row]:
         ours.add((await db.decider_rate(infra, topic, total)).per_s)
     return [
         Row(
-            "Decider: `streams.decider` (decode, decide, seal, append as one batch per command, "
-            "commit)",
+            "Decider: `streams.decider` (decode, decide, seal, append acks=all with a command's "
+            "events never split across record batches, commit)",
             ours.median,
             raw.median,
             "commands/s",
