@@ -11,7 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import health, webhooks
+from api import errors, health, queries, webhooks
+from api.auth import ApiKeys
 from api.broker import BrokerLink
 from api.container import ApiConfig, Clock, Container, utc_now
 from api.spool import CommandSpool
@@ -37,6 +38,9 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(config.database_url)
+        # Lazy (min_size=0): the role only exists once the migrations ran, and the API must
+        # start (and answer /readyz "not ready") before that.
+        reader = await create_pool(config.reader_url, min_size=0)
         broker = BrokerLink(config.bootstrap_servers)
         spool = CommandSpool(pool, broker, produce_timeout_s=config.produce_timeout_s)
         tasks: list[asyncio.Task[None]] = []
@@ -47,7 +51,10 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
             await spool.recover()
             tasks.append(_watched(spool.relay(), "spool relay"))
             tenants = TenantCache(pool, config.secret_key)
-            app.state.container = Container(config, pool, broker, spool, tenants, clock)
+            api_keys = ApiKeys(pool)
+            app.state.container = Container(
+                config, pool, broker, spool, tenants, reader, api_keys, clock
+            )
             yield
         finally:
             for task in tasks:
@@ -56,6 +63,7 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await broker.close()
+            await reader.close()
             await pool.close()
 
     app = FastAPI(
@@ -64,7 +72,9 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
         summary="WhatsApp Business automation through Twilio with LLM agents.",
         lifespan=lifespan,
     )
+    errors.install(app)
     app.include_router(health.router)
+    app.include_router(queries.router)
     app.router.routes.extend(webhooks.routes)
     _document_webhooks(app)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import asyncpg
 from fastapi import Depends, Request
@@ -13,6 +13,10 @@ from fastapi import Depends, Request
 from api.broker import BrokerLink
 from api.spool import CommandSpool
 from api.tenant_cache import TenantCache
+from projections.database import APP_ROLE, with_user
+
+if TYPE_CHECKING:
+    from api.auth import ApiKeys
 
 type Clock = Callable[[], datetime]
 
@@ -33,6 +37,13 @@ class ApiConfig:
     secret_key: bytes = field(kw_only=True, repr=False)
     max_body_bytes: int = 65536
     produce_timeout_s: float = 2.0
+    app_database_url: str | None = None
+    """The query API's connection (role `zapflow_app`); by default DATABASE_URL's server and
+    database as that role, without a password."""
+
+    @property
+    def reader_url(self) -> str:
+        return self.app_database_url or with_user(self.database_url, APP_ROLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +53,9 @@ class Container:
     broker: BrokerLink
     spool: CommandSpool
     tenants: TenantCache
+    reader: asyncpg.Pool
+    """Connected as `zapflow_app`: queries go through `projections.read.tenant_scope`."""
+    api_keys: ApiKeys
     clock: Clock = utc_now
 
 

@@ -21,6 +21,17 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+APP_ROLE = "zapflow_app"
+"""The role the query API connects as: owns nothing, no superuser, no BYPASSRLS (ADR 0011)."""
+
+
+def with_user(url: str, user: str) -> str:
+    """`url` for another role on the same server and database (no password carried over)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
 async def connect(url: str, timeout_s: float = 10.0) -> asyncpg.Connection:
     # statement_cache_size=0 keeps us compatible with transaction-mode poolers (Supavisor).
     return await asyncpg.connect(url, timeout=timeout_s, statement_cache_size=0)

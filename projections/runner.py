@@ -30,7 +30,7 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events.envelope import HEADER_ID, EventEnvelope, header
-from projections import checkpoints, tenants
+from projections import checkpoints, conversations, tenants
 from projections.batch import Projection, Record, checkpoint_names, project_up_to_poison
 from projections.database import Conn, connect
 
@@ -48,7 +48,10 @@ class ModuleProjection:
         await self.apply_event(conn, envelope)
 
 
-PROJECTIONS: Final[tuple[Projection, ...]] = (ModuleProjection(tenants.NAME, tenants.apply),)
+PROJECTIONS: Final[tuple[Projection, ...]] = (
+    ModuleProjection(tenants.NAME, tenants.apply),
+    ModuleProjection(conversations.NAME, conversations.apply),
+)
 
 _MAX_RETRY_S: Final = 300.0
 _POLL_MS: Final = 200

@@ -76,6 +76,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         secret_key=resolve_secret_key(settings),
         max_body_bytes=settings.webhook_max_body_bytes,
         produce_timeout_s=settings.produce_timeout_s,
+        app_database_url=settings.app_database_url,
     )
     server = uvicorn.Server(
         uvicorn.Config(

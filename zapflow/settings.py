@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "ZAPFLOW_DATABASE_URL"),
         description="PostgreSQL URL; unset: an embedded server under the state dir.",
     )
+    app_database_url: str | None = Field(
+        default=None,
+        description="The query API's PostgreSQL URL, as role zapflow_app (RLS applies to it); "
+        "unset: DATABASE_URL's server and database as zapflow_app without a password.",
+    )
     kafka_bootstrap_servers: str | None = Field(
         default=None,
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ZAPFLOW_KAFKA_BOOTSTRAP_SERVERS"),

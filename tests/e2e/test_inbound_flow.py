@@ -28,7 +28,7 @@ SENDER = "whatsapp:+14155238886"
 CONTACT = "whatsapp:+5511912345678"
 
 
-def _create_tenant(state: Path) -> uuid.UUID:
+def _create_tenant(state: Path) -> tuple[uuid.UUID, str]:
     result = subprocess.run(
         [sys.executable, "-m", "zapflow", "tenants", "create", "--name", "Clínica Sorriso",
          "--twilio-account-sid", ACCOUNT, "--twilio-auth-token", "-", "--sender", SENDER],
@@ -39,7 +39,7 @@ def _create_tenant(state: Path) -> uuid.UUID:
     assert TOKEN not in result.stdout + result.stderr
     created = orjson.loads(result.stdout)
     assert created["api_key"].startswith("zf_")
-    return uuid.UUID(created["tenant_id"])
+    return uuid.UUID(created["tenant_id"]), created["api_key"]
 
 
 def _webhook(
@@ -86,12 +86,29 @@ def _wait_for(
     raise AssertionError(f"{len(found)} of {count} events: {[e.type for _, e in found]}")
 
 
+def _projected(platform: Platform, api_key: str, messages: int) -> dict[str, object]:
+    """The tenant's one conversation from the query API, once it has `messages` messages."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    assert httpx.get(platform.url + "/v1/conversations", timeout=10).status_code == 401
+    deadline, seen = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        page = httpx.get(platform.url + "/v1/conversations", headers=auth, timeout=10).json()
+        if page["items"]:
+            seen = page["items"][0]
+            path = f"/v1/conversations/{seen['conversation_id']}/messages"
+            found = httpx.get(platform.url + path, headers=auth, timeout=10).json()["items"]
+            if len(found) == messages and not seen["opted_out"]:
+                return dict(seen)
+        time.sleep(0.5)
+    raise AssertionError(f"the read model never showed {messages} messages: {seen}")
+
+
 def test_webhooks_become_events_and_survive_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "state"
     platform = start(state)
     try:
         platform.wait_ready()
-        tenant = _create_tenant(state)
+        tenant, api_key = _create_tenant(state)
         for _ in range(3):  # Twilio delivering the same message three times
             assert _webhook(platform, tenant, _inbound("SM" + "1" * 32, "Oi, tudo bem?")) == 200
         assert _webhook(platform, tenant, _inbound("SM" + "2" * 32, "STOP")) == 200
@@ -115,6 +132,7 @@ def test_webhooks_become_events_and_survive_a_restart(tmp_path: Path) -> None:
         again.wait_ready()
         assert _webhook(again, tenant, _inbound("SM" + "6" * 32, "VOLTAR")) == 200
         after = _wait_for(again, tenant, 7)
+        conversation = _projected(again, api_key, messages=3)
     finally:
         code, output = again.interrupt()
     assert code == 0, output
@@ -122,3 +140,6 @@ def test_webhooks_become_events_and_survive_a_restart(tmp_path: Path) -> None:
     assert after[: len(before)] == before  # same partitions, offsets and events
     assert [e.type for _, e in after[len(before) :]] == ["InboundMessageReceived", "ContactOptedIn"]
     assert verify_chain([e for _, e in after]).ok
+    assert (conversation["contact"], conversation["state"]) == (CONTACT, "bot")
+    assert conversation["opted_out"] is False  # STOP, then VOLTAR
+    assert conversation["last_message_preview"] == "VOLTAR"

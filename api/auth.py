@@ -1,0 +1,63 @@
+"""Bearer API keys → tenant: only the key's SHA-256 is stored, and lookups are cached briefly.
+
+A missing, malformed or unknown key is a 401 with `WWW-Authenticate: Bearer`; the answer never
+says which of the three it was. The cache is keyed by the key's hash, never the key itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import Annotated, Final
+from uuid import UUID
+
+import asyncpg
+from fastapi import Depends, Request
+
+from api.container import Container
+from api.errors import ApiError
+from projections.tenants import tenant_by_api_key_hash
+
+TTL_S: Final = 30.0
+MAX_ENTRIES: Final = 10_000
+
+
+class ApiKeys:
+    """Resolves API keys through the tenant directory; one per event loop."""
+
+    def __init__(self, pool: asyncpg.Pool, *, ttl_s: float = TTL_S) -> None:
+        self._pool = pool
+        self._ttl_s = ttl_s
+        self._entries: OrderedDict[str, tuple[float, UUID | None]] = OrderedDict()
+
+    async def tenant_for(self, api_key: str) -> UUID | None:
+        digest = hashlib.sha256(api_key.encode()).hexdigest()
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self._pool.acquire() as conn:
+            record = await tenant_by_api_key_hash(conn, digest)
+        tenant = None if record is None else record.tenant_id
+        self._entries[digest] = (now + self._ttl_s, tenant)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > MAX_ENTRIES:
+            self._entries.popitem(last=False)
+        return tenant
+
+
+async def authenticated_tenant(request: Request) -> UUID:
+    """The tenant of the request's `Authorization: Bearer <api key>` (else 401)."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key or len(key) > 512:
+        raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer)")
+    container: Container = request.app.state.container
+    tenant = await container.api_keys.tenant_for(key)
+    if tenant is None:
+        raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer)")
+    return tenant
+
+
+TenantDep = Annotated[UUID, Depends(authenticated_tenant)]

@@ -1,0 +1,141 @@
+"""Queries over the conversation read models, always inside one tenant's transaction.
+
+`tenant_scope` is the only way in: it borrows a connection of the API's pool (connected as the
+`zapflow_app` role), opens a transaction and sets `app.tenant_id` for that transaction alone, so
+row-level security limits every statement to the tenant even if a query forgets its
+`tenant_id` filter, and a pooled connection cannot carry the tenant into the next request.
+The queries filter by tenant all the same: the indexes lead with `tenant_id`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from projections.database import Conn
+
+MAX_LIMIT: Final = 200
+
+
+class BadCursor(ValueError):
+    """A pagination cursor that this API did not issue."""
+
+
+@asynccontextmanager
+async def tenant_scope(pool: asyncpg.Pool, tenant_id: UUID) -> AsyncIterator[Conn]:
+    """A connection in a read-only transaction that sees `tenant_id`'s rows only."""
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
+        yield conn
+
+
+def encode_cursor(*values: object) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, arity: int) -> list[Any]:
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise BadCursor("the cursor is not one this API issued") from None
+    if not isinstance(values, list) or len(values) != arity:
+        raise BadCursor("the cursor is not one this API issued")
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationFilter:
+    state: str | None = None
+    updated_since: datetime | None = None
+    contact: str | None = None
+    q: str | None = None
+
+
+_CONVERSATION_COLUMNS: Final = """
+c.conversation_id, c.contact, c.sender, c.state, c.owner, c.opted_out, c.window_open_until,
+c.last_message_at, c.last_message_preview, c.unread_count, c.started_at, c.updated_at
+"""
+
+
+async def conversations(
+    conn: Conn, tenant_id: UUID, where: ConversationFilter, limit: int, cursor: str | None
+) -> tuple[list[asyncpg.Record], str | None]:
+    """A page of the tenant's conversations, most recently updated first."""
+    clauses, args = ["c.tenant_id = $1"], list[object]([tenant_id])
+
+    def arg(value: object) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if where.state is not None:
+        clauses.append(f"c.state = {arg(where.state)}")
+    if where.updated_since is not None:
+        clauses.append(f"c.updated_at >= {arg(where.updated_since)}")
+    if where.contact is not None:
+        clauses.append(f"c.contact = {arg(where.contact)}")
+    if where.q:
+        clauses.append(
+            "EXISTS (SELECT FROM messages m WHERE m.tenant_id = c.tenant_id "
+            "AND m.conversation_id = c.conversation_id "
+            f"AND m.body_search @@ plainto_tsquery('simple', {arg(where.q)}))"
+        )
+    if cursor is not None:
+        updated_at, conversation_id = decode_cursor(cursor, 2)
+        try:
+            after = (datetime.fromisoformat(updated_at), UUID(conversation_id))
+        except (TypeError, ValueError):
+            raise BadCursor("the cursor is not one this API issued") from None
+        clauses.append(f"(c.updated_at, c.conversation_id) < ({arg(after[0])}, {arg(after[1])})")
+    sql = (
+        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE {' AND '.join(clauses)} "  # noqa: S608 - clauses are ours, values are parameters
+        f"ORDER BY c.updated_at DESC, c.conversation_id DESC LIMIT {arg(limit + 1)}"
+    )
+    rows = await conn.fetch(sql, *args)
+    if len(rows) <= limit:
+        return list(rows), None
+    last = rows[limit - 1]
+    return list(rows[:limit]), encode_cursor(
+        last["updated_at"].isoformat(), str(last["conversation_id"])
+    )
+
+
+async def conversation(conn: Conn, tenant_id: UUID, conversation_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c "  # noqa: S608 - fixed text
+        "WHERE c.tenant_id = $1 AND c.conversation_id = $2",
+        tenant_id,
+        conversation_id,
+    )
+
+
+async def messages(
+    conn: Conn, tenant_id: UUID, conversation_id: UUID, limit: int, cursor: str | None
+) -> tuple[list[asyncpg.Record], str | None]:
+    """A page of one conversation's messages, oldest first."""
+    after = 0
+    if cursor is not None:
+        (after,) = decode_cursor(cursor, 1)
+        if not isinstance(after, int):
+            raise BadCursor("the cursor is not one this API issued")
+    rows = await conn.fetch(
+        "SELECT message_id, direction, author, body, media::text AS media, content_sid, "
+        "twilio_sid, status, error_code, created_at, tenant_seq FROM messages "
+        "WHERE tenant_id = $1 AND conversation_id = $2 AND tenant_seq > $3 "
+        "ORDER BY tenant_seq LIMIT $4",
+        tenant_id,
+        conversation_id,
+        after,
+        limit + 1,
+    )
+    if len(rows) <= limit:
+        return list(rows), None
+    return list(rows[:limit]), encode_cursor(rows[limit - 1]["tenant_seq"])

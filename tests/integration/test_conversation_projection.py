@@ -1,0 +1,136 @@
+"""The conversations projection on PostgreSQL, fed by events the real decider code produces.
+
+A whole conversation lifecycle (start, messages, opt-out, hand-off, a human reply, return, close,
+reopen) is decided with `TenantBook`, sealed, and applied; the rows must tell the same story, and
+applying every event a second time must change nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from commands import conversation as conv
+from commands.operator import (
+    CloseConversation,
+    HandOffToHuman,
+    RequestHandoff,
+    RequestOutboundMessage,
+    ReturnToBot,
+)
+from events.chain import head_of, seal
+from events.envelope import CommandEnvelope, EventEnvelope
+from events.registry import Message
+from projections import conversations
+from projections.migrations import migrate
+from streams.tenant_book import TenantBook
+from tests.integration.test_decider import ACCOUNT, SENDER, inbound, register
+
+pytestmark = pytest.mark.integration
+CONTACT = "whatsapp:+5511999990042"
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+def _operator(tenant: uuid.UUID, body: Message, n: int) -> CommandEnvelope:
+    cid = uuid.uuid5(tenant, f"op-{n}")
+    return CommandEnvelope(
+        command_id=cid, tenant_id=tenant, type=body.type, schema_version=body.schema_version,
+        issued_at=T0 + timedelta(minutes=n), correlation_id=cid, payload=body.payload(),
+    )  # fmt: skip
+
+
+def _decided(tenant: uuid.UUID, commands: list[CommandEnvelope]) -> list[EventEnvelope]:
+    book, out = TenantBook(tenant), []
+    for n, command in enumerate(commands):
+        for draft, event in book.decide(command, T0 + timedelta(minutes=n, seconds=1)):
+            envelope = seal(draft, book.head)
+            assert head_of(envelope).tenant_seq == book.head.tenant_seq + 1
+            book.record(envelope, event)
+            out.append(envelope)
+    return out
+
+
+async def _snapshot(db: asyncpg.Connection) -> list[list[asyncpg.Record]]:
+    return [
+        await db.fetch("SELECT * FROM conversations ORDER BY conversation_id"),
+        await db.fetch("SELECT * FROM messages ORDER BY tenant_seq"),
+        await db.fetch("SELECT * FROM contacts ORDER BY contact"),
+    ]
+
+
+async def test_a_conversation_lifecycle_in_the_read_models(db: asyncpg.Connection) -> None:
+    await migrate(db)
+    tenant = uuid.uuid4()
+    cid = conv.conversation_id(tenant, CONTACT)
+    handoff = [
+        RequestHandoff(conversation_id=cid, reason="quer falar com alguém"),
+        HandOffToHuman(conversation_id=cid, operator="maria@clinica"),
+        RequestOutboundMessage(conversation_id=cid, author="human", body="Olá, aqui é a Maria"),
+        ReturnToBot(conversation_id=cid, operator="maria@clinica"),
+    ]
+    close = CloseConversation(conversation_id=cid, closed_by="maria@clinica")
+    events = _decided(
+        tenant,
+        [
+            register(tenant, ACCOUNT, SENDER),
+            inbound(tenant, "SM1", CONTACT, "Oi, bom dia"),
+            *(_operator(tenant, body, n) for n, body in enumerate(handoff, start=2)),
+            inbound(tenant, "SM2", CONTACT, "PARAR"),
+            _operator(tenant, close, 7),
+            inbound(tenant, "SM3", CONTACT, "VOLTAR"),
+        ],
+    )
+    assert "CommandRejected" not in {e.type for e in events}
+    for envelope in events:
+        async with db.transaction():
+            await conversations.apply(db, envelope)
+    row = await db.fetchrow("SELECT * FROM conversations WHERE tenant_id = $1", tenant)
+    assert row is not None
+    assert (row["conversation_id"], row["contact"], row["sender"]) == (
+        uuid.UUID(cid),
+        CONTACT,
+        SENDER,
+    )
+    assert (row["state"], row["owner"], row["opted_out"]) == ("bot", None, False)  # reopened
+    assert row["last_message_preview"] == "VOLTAR"
+    assert row["unread_count"] == 2  # the human reply read the first one
+    messages = await db.fetch(
+        "SELECT message_id, direction, author, body, status FROM messages "
+        "WHERE tenant_id = $1 ORDER BY tenant_seq",
+        tenant,
+    )
+    assert [(m["direction"], m["author"], m["body"]) for m in messages] == [
+        ("inbound", "contact", "Oi, bom dia"),
+        ("outbound", "human", "Olá, aqui é a Maria"),
+        ("inbound", "contact", "PARAR"),
+        ("inbound", "contact", "VOLTAR"),
+    ]
+    contact = await db.fetchrow("SELECT opted_out FROM contacts WHERE tenant_id = $1", tenant)
+    assert contact is not None
+    assert contact["opted_out"] is False  # opted out by PARAR, back in by VOLTAR
+
+    before = await _snapshot(db)
+    for envelope in events:  # a replayed log changes nothing
+        async with db.transaction():
+            await conversations.apply(db, envelope)
+    assert await _snapshot(db) == before
+
+
+async def test_states_along_the_way(db: asyncpg.Connection) -> None:
+    await migrate(db)
+    tenant = uuid.uuid4()
+    cid = conv.conversation_id(tenant, CONTACT)
+    commands = [
+        register(tenant, ACCOUNT, SENDER),
+        inbound(tenant, "SM1", CONTACT, "STOP"),
+        _operator(tenant, HandOffToHuman(conversation_id=cid, operator="joão"), 2),
+    ]
+    for envelope in _decided(tenant, commands):
+        async with db.transaction():
+            await conversations.apply(db, envelope)
+    row = await db.fetchrow("SELECT state, owner, opted_out FROM conversations")
+    assert row is not None
+    assert (row["state"], row["owner"], row["opted_out"]) == ("human", "joão", True)
