@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import errors, health, queries, webhooks
+from api import errors, health, operator, queries, webhooks
 from api.auth import ApiKeys
 from api.broker import BrokerLink
 from api.container import ApiConfig, Clock, Container, utc_now
@@ -75,6 +75,7 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(queries.router)
+    app.include_router(operator.router)
     app.router.routes.extend(webhooks.routes)
     _document_webhooks(app)
     return app

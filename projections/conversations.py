@@ -18,6 +18,7 @@ import orjson
 from events import conversation as ev
 from events.catalog import EVENT_REGISTRY
 from events.envelope import EventEnvelope
+from events.platform import CommandRejected
 from events.registry import Message
 from projections.database import Conn
 
@@ -90,18 +91,41 @@ WHERE tenant_id = $1 AND conversation_id = $2
 RETURNING contact
 """
 
+_RESULT: Final = """
+INSERT INTO command_results (tenant_id, command_id, outcome, command_type, reason_code, reason,
+                             tenant_seq, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING
+"""
+
 type Handler = Callable[[Conn, EventEnvelope, Message], Awaitable[None]]
 
 
 async def apply(conn: Conn, envelope: EventEnvelope) -> None:
     """Project one event as the projector role, inside the caller's transaction."""
     handler = _HANDLERS.get(envelope.type)
-    if handler is None:
+    rejected = envelope.type == "CommandRejected"
+    if handler is None and not rejected:
         return
     event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
     await conn.execute(_ENTER, PROJECTOR_ROLE, str(envelope.tenant_id))
-    await handler(conn, envelope, event)
+    if handler is not None:
+        await handler(conn, envelope, event)
+    await _result(conn, envelope, event)
     await conn.execute("RESET ROLE")
+
+
+async def _result(conn: Conn, envelope: EventEnvelope, event: Message) -> None:
+    """The command's outcome: its first event says accepted, or rejected and why."""
+    outcome: tuple[str, str | None, str | None, str | None]
+    if isinstance(event, CommandRejected):
+        outcome = ("rejected", event.command_type, event.reason_code, event.reason)
+    else:
+        outcome = ("accepted", None, None, None)
+    await conn.execute(
+        _RESULT, envelope.tenant_id, envelope.causation_id, *outcome, envelope.tenant_seq,
+        envelope.recorded_at,
+    )  # fmt: skip
 
 
 def _cid(event: Message) -> UUID:

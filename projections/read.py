@@ -139,3 +139,13 @@ async def messages(
     if len(rows) <= limit:
         return list(rows), None
     return list(rows[:limit]), encode_cursor(rows[limit - 1]["tenant_seq"])
+
+
+async def command_result(conn: Conn, tenant_id: UUID, command_id: UUID) -> asyncpg.Record | None:
+    """What became of a command, once the projector has seen its first event."""
+    return await conn.fetchrow(
+        "SELECT outcome, command_type, reason_code, reason FROM command_results "
+        "WHERE tenant_id = $1 AND command_id = $2",
+        tenant_id,
+        command_id,
+    )

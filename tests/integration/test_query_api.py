@@ -196,3 +196,75 @@ async def test_bad_parameters_are_400(platform: tuple[TestClient, Keyed, Keyed])
         reply = _get(client, "/v1/conversations", a, **params)
         assert reply.status_code == 400, params
         assert set(reply.json()) == {"error", "detail"}
+
+
+async def test_operator_commands_go_through_the_decider(
+    platform: tuple[TestClient, Keyed, Keyed],
+) -> None:
+    client, a, b = platform
+    for keyed in (a, b):
+        assert post(client, keyed.tenant, inbound(keyed.tenant, sid())).status_code == 200
+    conv_a = (await _until(lambda: _get(client, "/v1/conversations", a).json(),
+                           lambda p: bool(p["items"])))["items"][0]  # fmt: skip
+    conv_b = (await _until(lambda: _get(client, "/v1/conversations", b).json(),
+                           lambda p: bool(p["items"])))["items"][0]  # fmt: skip
+    base = f"/v1/conversations/{conv_a['conversation_id']}"
+
+    async def act(action: str, body: dict[str, Any], key: str | None = None, **params: Any) -> Any:
+        # In a thread: the test client blocks its caller, and the caller's loop runs the decider
+        # and the projector that `?wait=true` is waiting for.
+        headers = a.auth | ({"Idempotency-Key": key} if key else {})
+        return await asyncio.to_thread(
+            client.post, base + action, json=body, headers=headers, params=params
+        )
+
+    taken = await act("/handoff", {"operator": "maria@clinica"}, "k1", wait="true")
+    assert taken.status_code == 200, taken.text
+    again = await act("/handoff", {"operator": "maria@clinica"}, "k1", wait="true")
+    assert again.json() == taken.json()  # the same command, decided once
+    conversation = _get(client, base, a).json()
+    assert (conversation["state"], conversation["owner"]) == ("human", "maria@clinica")
+
+    replied = await act("/messages", {"body": "Olá, aqui é a Maria"}, "r1", wait="true")
+    assert replied.status_code == 200, replied.text
+    sent = _get(client, base + "/messages", a).json()["items"]
+    assert [(m["direction"], m["author"]) for m in sent] == [
+        ("inbound", "contact"),
+        ("outbound", "human"),
+    ]
+
+    assert (
+        await act("/return-to-bot", {"operator": "maria@clinica"}, wait="true")
+    ).status_code == 200
+    refused = await act("/return-to-bot", {"operator": "maria@clinica"}, wait="true")
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "invalid_state_bot"
+    pending = await act("/close", {"closed_by": "maria@clinica"})
+    assert pending.status_code == 202
+    assert pending.json()["status"] == "pending"
+    closed = await _until(lambda: _get(client, base, a).json(), lambda c: c["state"] == "closed")
+    assert closed["state"] == "closed"
+
+    assert (await act("/messages", {}, wait="true")).status_code == 400  # nothing to send
+    other = f"/v1/conversations/{conv_b['conversation_id']}/handoff"
+    assert client.post(other, json={}, headers=a.auth).status_code == 404
+    assert client.post(base + "/handoff", json={}).status_code == 401
+    assert (
+        _get(client, f"/v1/conversations/{conv_b['conversation_id']}", b).json()["state"] == "bot"
+    )
+
+
+async def test_every_v1_route_refuses_a_request_without_a_key(
+    platform: tuple[TestClient, Keyed, Keyed],
+) -> None:
+    """Over every documented operation, so a new endpoint without authentication fails here."""
+    client = platform[0]
+    paths = client.get("/openapi.json").json()["paths"]
+    protected = {p: ops for p, ops in paths.items() if p.startswith("/v1/") and "/twilio/" not in p}
+    assert len(protected) >= 6
+    for template, operations in protected.items():
+        path = template.replace("{conversation_id}", str(uuid.uuid4()))
+        for method in operations:
+            for headers in ({}, {"Authorization": "Bearer zk_revoked-or-unknown"}):
+                reply = client.request(method.upper(), path, headers=headers, json={})
+                assert reply.status_code == 401, (method, path)

@@ -19,7 +19,7 @@ from projections.migrations import migrate
 
 pytestmark = pytest.mark.integration
 
-TABLES = ("conversations", "messages", "contacts")
+TABLES = ("conversations", "messages", "contacts", "command_results")
 A, B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
 AT = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
@@ -39,6 +39,12 @@ def _row(table: str, tenant: uuid.UUID, n: int) -> tuple[str, tuple[object, ...]
             "body, created_at, tenant_seq) VALUES ($1, $2, $3, 'inbound', 'contact', 'oi', $4, $5)"
         )
         return sql, (tenant, f"SM{tenant.int}-{n}", cid, AT, n + 1)
+    if table == "command_results":
+        sql = (
+            "INSERT INTO command_results (tenant_id, command_id, outcome, tenant_seq, "
+            "recorded_at) VALUES ($1, $2, 'accepted', $3, $4)"
+        )
+        return sql, (tenant, uuid.uuid5(tenant, f"cmd{n}"), n + 1, AT)
     sql = "INSERT INTO contacts (tenant_id, contact, updated_at) VALUES ($1, $2, $3)"
     return sql, (tenant, f"whatsapp:+55{n}", AT)
 
