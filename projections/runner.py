@@ -11,6 +11,9 @@ projections, whose positions live in PostgreSQL next to their rows (see `project
   keep going. After a backoff that doubles from `retry_after_s` up to `_MAX_RETRY_S` the
   partition seeks back to its checkpoint and tries again, so a transient failure heals by itself
   and a poison event blocks its partition until the code is fixed (no dead-lettering yet).
+- A stopped partition is also recorded in `projection_status` (`projections.status`), and the
+  row deleted once the partition projects again, so `zapflow projections status` can report it
+  from another process.
 - A partition whose log ends before its checkpoint (a development broker restarted with an empty
   log that was not restored) is stopped the same way instead of waiting silently for offsets it
   would then skip. Its end is the fetch response's high watermark, never `end_offsets()`, which
@@ -30,7 +33,7 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events.envelope import HEADER_ID, EventEnvelope, header
-from projections import checkpoints, conversations, tenants
+from projections import checkpoints, conversations, status, tenants
 from projections.batch import Projection, Record, checkpoint_names, project_up_to_poison
 from projections.database import Conn, connect
 
@@ -43,18 +46,30 @@ class ModuleProjection:
 
     name: str
     apply_event: Callable[[Conn, EventEnvelope], Awaitable[None]] = field(repr=False)
+    apply_events: Callable[[Conn, Sequence[EventEnvelope]], Awaitable[None]] | None = field(
+        default=None, repr=False
+    )
 
     async def apply(self, conn: Conn, envelope: EventEnvelope) -> None:
         await self.apply_event(conn, envelope)
 
+    async def apply_batch(self, conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
+        if self.apply_events is None:
+            for envelope in envelopes:
+                await self.apply_event(conn, envelope)
+        else:
+            await self.apply_events(conn, envelopes)
+
 
 PROJECTIONS: Final[tuple[Projection, ...]] = (
     ModuleProjection(tenants.NAME, tenants.apply),
-    ModuleProjection(conversations.NAME, conversations.apply),
+    ModuleProjection(conversations.NAME, conversations.apply, conversations.apply_batch),
 )
 
 _MAX_RETRY_S: Final = 300.0
 _POLL_MS: Final = 200
+_TOP_UPS: Final = 20
+_TOP_UP_MS: Final = 5
 
 log = logging.getLogger("zapflow.projector")
 
@@ -87,15 +102,15 @@ async def run_projector(
         await runner.assign()
         while not stop.is_set():
             await runner.resume_due()
-            batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=batch_max)
+            batch = await _fetch(consumer, batch_max)
             for tp, records in batch.items():
                 await runner.project(tp, records)
-            runner.check_log_ends()
+            await runner.check_log_ends()
         # Drain: `zapflow up` stops the projector last, after the decider, so what is in the
         # log now is all there will be; archive it before the in-memory dev broker goes away.
         deadline = asyncio.get_running_loop().time() + drain_s
         while asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=batch_max)
+            batch = await _fetch(consumer, batch_max)
             if not batch:
                 break
             for tp, records in batch.items():
@@ -103,6 +118,27 @@ async def run_projector(
     finally:
         await consumer.stop()
         await conn.close()
+
+
+async def _fetch(consumer: AIOKafkaConsumer, batch_max: int) -> dict[TopicPartition, list[Record]]:
+    """Records per partition: what one poll brings, topped up with what is already fetched.
+
+    A fetch response can carry as little as one producer batch per partition (the development
+    broker answers that way), and each projected batch costs a fixed number of database round
+    trips; with a backlog, gathering up to `batch_max` per partition first is what makes the
+    projector fast.
+    """
+    gathered: dict[TopicPartition, list[Record]] = {}
+    batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=batch_max)
+    for _ in range(_TOP_UPS):
+        if not batch:
+            break
+        for tp, records in batch.items():
+            gathered.setdefault(tp, []).extend(records)
+        if sum(len(r) for r in gathered.values()) >= batch_max * max(len(gathered), 1):
+            break
+        batch = await consumer.getmany(timeout_ms=_TOP_UP_MS, max_records=batch_max)
+    return gathered
 
 
 @dataclass(slots=True)
@@ -118,6 +154,9 @@ class _Runner:
     resume_at: dict[TopicPartition, float] = field(default_factory=dict)
     sought: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     """Partitions whose log end is not yet checked: (checkpoint, when sought, epoch ms)."""
+    recorded: dict[TopicPartition, int] = field(default_factory=dict)
+    """Partitions with a stop in `projection_status` (by this process or an earlier one): the
+    offset it stopped at, which the partition must reach again to count as running."""
 
     async def assign(self) -> None:
         partitions = self.consumer.partitions_for_topic(self.topic)
@@ -130,6 +169,9 @@ class _Runner:
         self.consumer.assign(assigned)
         for tp in assigned:
             await self._seek_to_checkpoint(tp)
+        positions = checkpoint_names(self.projections)
+        stopped = await status.stopped_offsets(self.conn, positions, self.topic)
+        self.recorded = {tp: stopped[tp.partition] for tp in assigned if tp.partition in stopped}
         names = [projection.name for projection in self.projections]
         log.info("projecting %s (%d partitions) into %s", self.topic, len(assigned), names)
 
@@ -149,13 +191,19 @@ class _Runner:
                 await self._seek_to_checkpoint(tp)
                 self.consumer.resume(tp)
 
-    def check_log_ends(self) -> None:
-        """Stop each partition whose first fetch since its seek shows a log ending too early."""
+    async def check_log_ends(self) -> None:
+        """Stop each partition whose first fetch since its seek shows a log ending too early.
+
+        A log ending exactly at the checkpoint has nothing to project and nothing wrong (say,
+        restored after such a stop): the partition counts as running again.
+        """
         for tp, (offset, sought_ms) in list(self.sought.items()):
             if (self.consumer.last_poll_timestamp(tp) or 0) < sought_ms:
                 continue  # no fetch response since the seek yet
             del self.sought[tp]
             end = self.consumer.highwater(tp)
+            if end is not None and end == offset:
+                await self._running(tp, end)
             if end is not None and end < offset:
                 attempt, delay = self._stop(tp)
                 log.error(
@@ -163,6 +211,8 @@ class _Runner:
                     "reset without being restored? partition stopped, retry %d in %.1f s",
                     *(tp.topic, tp.partition, end, offset, attempt, delay),
                 )
+                error = f"the log ends at offset {end}, before the checkpoint {offset}"
+                await self._record(tp, status.Stop(offset, error, attempt))
 
     async def project(self, tp: TopicPartition, records: Sequence[Record]) -> None:
         if tp in self.resume_at or not records:
@@ -170,18 +220,27 @@ class _Runner:
         poison = await project_up_to_poison(self.conn, self.projections, tp, records)
         if poison is None:
             self.failures.pop(tp, None)
+            await self._running(tp, records[-1].offset + 1)
             return
         attempt, delay = self._stop(tp)
         record, envelope = poison.record, poison.envelope
+        tenant_id = envelope.tenant_id if envelope else _text(record.key)
+        event_id = envelope.event_id if envelope else header(record.headers, HEADER_ID)
         log.error(
             "%s failed on %s partition %d offset %d; partition stopped, retry %d in %.1f s",
             *(poison.projection, record.topic, record.partition, record.offset, attempt, delay),
             exc_info=poison.__cause__,
-            extra={
-                "tenant_id": envelope.tenant_id if envelope else _text(record.key),
-                "event_id": envelope.event_id if envelope else header(record.headers, HEADER_ID),
-            },
+            extra={"tenant_id": tenant_id, "event_id": event_id},
         )
+        cause = poison.__cause__
+        stop = status.Stop(
+            offset=record.offset,
+            error=f"{poison.projection} failed: {type(cause).__name__}: {cause}",
+            attempts=attempt,
+            event_id=status.uuid_or_none(event_id),
+            tenant_id=status.uuid_or_none(tenant_id),
+        )
+        await self._record(tp, stop)
 
     def _stop(self, tp: TopicPartition) -> tuple[int, float]:
         """Pause `tp` until its next retry; returns the attempt number and the delay."""
@@ -191,6 +250,24 @@ class _Runner:
         self.sought.pop(tp, None)
         self.resume_at[tp] = asyncio.get_running_loop().time() + delay
         return attempt, delay
+
+    async def _record(self, tp: TopicPartition, stop: status.Stop) -> None:
+        """Make the stop visible to other processes (`zapflow projections status`)."""
+        names = checkpoint_names(self.projections)
+        await status.record_stop(self.conn, names, tp.topic, tp.partition, stop)
+        self.recorded[tp] = stop.offset
+
+    async def _running(self, tp: TopicPartition, reached: int) -> None:
+        """Delete the recorded stop of `tp`, if any, once it projects up to `reached` again.
+
+        Records below the stop do not count: after a log reset the partition re-reads them
+        from the beginning, harmlessly, and is still stopped.
+        """
+        stopped = self.recorded.get(tp)
+        if stopped is not None and reached >= stopped:
+            names = checkpoint_names(self.projections)
+            await status.clear_stop(self.conn, names, tp.topic, tp.partition)
+            del self.recorded[tp]
 
 
 def _text(raw: bytes | None) -> str | None:

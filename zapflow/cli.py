@@ -6,12 +6,17 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import ValidationError
 
 from zapflow.errors import ConfigurationError
 from zapflow.settings import Settings
+
+if TYPE_CHECKING:
+    from projections.status import PartitionStatus
+    from zapflow.runtime import Endpoints
 
 type Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -35,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     log_parser = sub.add_parser("log", help="the event log")
     log_sub = log_parser.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     log_sub.add_parser("restore", help="write the event archive into an empty zapflow.events")
+    projections = sub.add_parser("projections", help="the read models the projector maintains")
+    projections_sub = projections.add_subparsers(
+        dest="projections_command", required=True, metavar="ACTION"
+    )
+    projections_sub.add_parser(
+        "status", help="lag and state per projection and partition; exit 1 if any is stopped"
+    )
     schemas = sub.add_parser("schemas", help="JSON Schemas of events and commands")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
     export = schemas_sub.add_parser("export", help="write schemas/json from the code")
@@ -195,6 +207,48 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _projections(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow.runtime import resolve
+
+    rows = asyncio.run(_projection_status(resolve(settings), settings.connect_timeout_s))
+    _print(rows)
+    return 1 if any(row.state == "stopped" for row in rows) else 0
+
+
+async def _projection_status(endpoints: Endpoints, timeout_s: float) -> list[PartitionStatus]:
+    """Every projection's status on every partition of the event log, now."""
+    from projections import status
+    from projections.batch import checkpoint_names
+    from projections.database import connect, redact
+    from projections.runner import PROJECTIONS
+    from streams import kafka
+    from streams.topics import EVENTS
+    from zapflow.setup import check_broker, check_database
+
+    brokers, database_url = endpoints.bootstrap_servers, endpoints.database_url
+    await check_database(database_url, timeout_s)
+    await check_broker(brokers, timeout_s)
+    conn = await connect(database_url, timeout_s)
+    consumer = kafka.groupless_consumer(brokers)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('projection_status') IS NOT NULL"):
+            problem = "has no projection_status table; run `zapflow setup`"
+            raise ConfigurationError("DATABASE_URL", redact(database_url), problem)
+        await consumer.start()
+        partitions = await status.topic_partitions(consumer, EVENTS)
+        if not partitions:
+            problem = f"has no topic {EVENTS}; run `zapflow setup`"
+            raise ConfigurationError("KAFKA_BOOTSTRAP_SERVERS", brokers, problem)
+        names = checkpoint_names(PROJECTIONS)
+        try:
+            return await status.report(conn, consumer, EVENTS, partitions, names, timeout_s)
+        except TimeoutError as exc:
+            raise ConfigurationError("KAFKA_BOOTSTRAP_SERVERS", brokers, str(exc)) from None
+    finally:
+        await consumer.stop()
+        await conn.close()
+
+
 def _print(value: object) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -208,6 +262,7 @@ HANDLERS: dict[str, Handler] = {
     "topics": _topics,
     "schemas": _schemas,
     "log": _log,
+    "projections": _projections,
     "tenants": _tenants,
 }
 

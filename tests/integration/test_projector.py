@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import NewTopic
 
 from events.chain import GENESIS, head_of, seal
 from events.envelope import EventEnvelope
@@ -19,10 +18,8 @@ from projections import tenants
 from projections.batch import checkpoint_names
 from projections.checkpoints import partition_offsets
 from projections.database import Conn
-from projections.migrations import migrate
 from projections.runner import PROJECTIONS, Projection, run_projector
 from projections.tenants import TenantRecord, get_tenant, tenant_by_api_key_hash
-from streams import kafka
 from streams.log import Position, append
 from tests.builders import chain, tenant_registered
 
@@ -31,26 +28,6 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 12
 TIMEOUT_S = 20.0
 NAMESPACE = uuid.UUID("6f1c9a52-0d7e-4b5a-9a43-4f3f3c2b1a00")
-
-
-@pytest.fixture
-async def topic(bootstrap_servers: str) -> str:
-    name = f"test.projector.{uuid.uuid4().hex[:8]}"
-    admin = kafka.admin(bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(name, PARTITIONS, 1, topic_configs={"retention.ms": "-1"})]
-        )
-    finally:
-        await admin.close()
-    return name
-
-
-@pytest.fixture
-async def migrated(db: asyncpg.Connection) -> asyncpg.Connection:
-    await migrate(db)
-    return db
 
 
 @asynccontextmanager
