@@ -13,6 +13,7 @@ from pathlib import Path
 
 from benchmarks import decider_bench as db
 from benchmarks import kafka_bench as kb
+from benchmarks import projector_bench as pb
 from benchmarks.http_bench import CONCURRENCY, Load, run_http
 from benchmarks.infra import PARTITIONS, Infra, create_topic, infrastructure
 from benchmarks.pg_bench import ROWS_PER_TRANSACTION, upsert_rates
@@ -128,6 +129,31 @@ async def _decider(infra: Infra, plan: Plan) -> list[Row]:
     ]
 
 
+async def _projector(infra: Infra, plan: Plan) -> list[Row]:
+    ours, raw = Samples("events/s"), Samples("events/s")
+    described = ""
+    for run in range(plan.repeats):
+        _say(f"projector, run {run + 1}/{plan.repeats}")
+        events = pb.decided_events(plan.events // 2)
+        described = pb.describe(events)
+        raw.add((await pb.raw_rate(infra.database_url, events)).per_s)
+        ours.add((await pb.projector_rate(infra, events)).per_s)
+    return [
+        Row(
+            "Projector: `projections.runner` (archive, tenant directory, conversation read "
+            "models under RLS, checkpoints; one transaction per partition batch)",
+            ours.median,
+            raw.median,
+            "events/s",
+            "higher",
+            f"baseline: raw asyncpg `executemany` of one row per event (id, tenant, seq, jsonb), "
+            f"{pb.ROWS_PER_TRANSACTION:,} per transaction; ours timed from start until every "
+            f"checkpoint reached the log end; events: {described}; target ≥ 0.3x; "
+            f"{_runs(ours, raw)}",
+        )
+    ]
+
+
 async def _postgres(infra: Infra, plan: Plan) -> list[Row]:
     _say("PostgreSQL upsert")
     rates = Samples("rows/s", await upsert_rates(infra.database_url, plan.pg_rows, plan.repeats))
@@ -220,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = asyncio.run(_kafka(infra, plan))
         rows += asyncio.run(_decider(infra, plan))
         rows += asyncio.run(_postgres(infra, plan))
+        rows += asyncio.run(_projector(infra, plan))
         topic = asyncio.run(create_topic(infra, "http-ingest"))
         tenant = asyncio.run(webhook_tenant(infra.database_url))
         _say("HTTP (uvicorn and load generator subprocesses)")

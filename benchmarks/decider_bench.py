@@ -53,8 +53,12 @@ def _envelope(tenant: uuid.UUID, body: Message, n: int) -> CommandEnvelope:
     )
 
 
-def _commands(count: int) -> list[CommandEnvelope]:
-    tenants = [uuid.UUID(int=(0xDEC1 << 112) + n) for n in range(TENANTS)]
+def bench_commands(count: int, fresh_tenants: bool = False) -> list[CommandEnvelope]:
+    """One registration per tenant, then `count` inbound messages spread over the tenants."""
+    if fresh_tenants:
+        tenants = [uuid.uuid4() for _ in range(TENANTS)]
+    else:
+        tenants = [uuid.UUID(int=(0xDEC1 << 112) + n) for n in range(TENANTS)]
     out = [
         _envelope(
             tenant,
@@ -86,7 +90,7 @@ async def produce_commands(infra: Infra, count: int) -> tuple[str, int]:
     producer = kafka.producer(infra.bootstrap_servers, linger_ms=5)
     await producer.start()
     try:
-        commands = _commands(count)
+        commands = bench_commands(count)
         for start in range(0, len(commands), 1000):
             futures = []
             for envelope in commands[start : start + 1000]:

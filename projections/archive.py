@@ -18,10 +18,12 @@ from projections.database import Conn
 
 NAME: Final = "event_archive"
 
+# One statement per batch (arrays, `unnest`): a thousand records are one round trip.
 _STORE: Final = """
 INSERT INTO event_archive (topic, partition, "offset", key, value, headers, timestamp_ms,
                            tenant_id, tenant_seq, hash)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10)
+SELECT $1, $2, u.* FROM unnest($3::bigint[], $4::bytea[], $5::bytea[], $6::jsonb[],
+                               $7::bigint[], $8::uuid[], $9::bigint[], $10::text[]) AS u
 ON CONFLICT (topic, partition, "offset") DO NOTHING
 """
 
@@ -53,14 +55,13 @@ async def store(
     envelopes: Sequence[EventEnvelope | None],
 ) -> None:
     """Archive (offset, key, value, headers, timestamp_ms) records; None: not an event."""
-    await conn.executemany(
-        _STORE,
-        [
-            (topic, partition, offset, key, value, _headers_json(headers), timestamp,
-             e.tenant_id if e else None, e.tenant_seq if e else None, e.hash if e else None)
-            for (offset, key, value, headers, timestamp), e in zip(records, envelopes, strict=True)
-        ],
-    )  # fmt: skip
+    rows = [
+        (offset, key, value, _headers_json(headers), timestamp,
+         e.tenant_id if e else None, e.tenant_seq if e else None, e.hash if e else None)
+        for (offset, key, value, headers, timestamp), e in zip(records, envelopes, strict=True)
+    ]  # fmt: skip
+    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 8
+    await conn.execute(_STORE, topic, partition, *columns)
 
 
 async def counts(conn: Conn, topic: str) -> dict[int, int]:

@@ -7,6 +7,7 @@ the sequences are recorded and the checkpoints move to the batch's last offset +
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -16,11 +17,17 @@ from events.envelope import EventEnvelope, decode_event
 from projections import archive, checkpoints
 from projections.database import Conn
 
+log = logging.getLogger("zapflow.projector")
+
 type Record = ConsumerRecord[bytes, bytes]
 
 
 class Projection(Protocol):
-    """A read model: a stable name (its checkpoints' key) and an idempotent `apply`."""
+    """A read model: a stable name (its checkpoints' key) and an idempotent `apply`.
+
+    A projection may also offer `apply_batch(conn, envelopes)`, the same effect for many events
+    at once; the runner then uses it and falls back to `apply` only to locate a poison event.
+    """
 
     @property
     def name(self) -> str: ...
@@ -64,32 +71,62 @@ async def project(
     conn: Conn, projections: Sequence[Projection], tp: TopicPartition, records: Sequence[Record]
 ) -> None:
     """Project `records` of one partition, all or nothing; raises `Poison` at the first failure."""
-    await archive_records(conn, tp, records)
-    envelopes = [_decode(index, record) for index, record in enumerate(records)]
+    decoded = [_decoded_or_none(record) for record in records]  # once, for both uses
+    await archive_records(conn, tp, records, decoded)
+    envelopes = [
+        _decode(index, record, e)
+        for index, (record, e) in enumerate(zip(records, decoded, strict=True))
+    ]
     names = [projection.name for projection in projections]
     async with conn.transaction():
         starts = await checkpoints.next_offsets(conn, names, tp.topic, tp.partition, lock=True)
         seqs = await checkpoints.tenant_seqs(conn, names, {e.tenant_id for e in envelopes})
         applied: checkpoints.TenantSeqs = {}
         for projection in projections:
+            todo: list[tuple[int, Record, EventEnvelope]] = []
             for index, (record, envelope) in enumerate(zip(records, envelopes, strict=True)):
                 key = (projection.name, envelope.tenant_id)
                 if record.offset < starts[projection.name]:
                     continue
                 if envelope.tenant_seq <= seqs.get(key, 0):
                     continue
-                try:
-                    await projection.apply(conn, envelope)
-                except Exception as exc:
-                    raise Poison(index, projection.name, record, envelope) from exc
+                todo.append((index, record, envelope))
                 seqs[key] = applied[key] = envelope.tenant_seq
+            await _apply(conn, projection, todo)
         await checkpoints.save_tenant_seqs(conn, applied)
         await checkpoints.save_next_offset(
             conn, names, tp.topic, tp.partition, records[-1].offset + 1
         )
 
 
-async def archive_records(conn: Conn, tp: TopicPartition, records: Sequence[Record]) -> None:
+async def _apply(
+    conn: Conn, projection: Projection, todo: Sequence[tuple[int, Record, EventEnvelope]]
+) -> None:
+    """Apply `todo` in order: in one go when the projection can, else (or to find the poison
+    after a failed go) one event at a time; raises `Poison` naming the event that fails."""
+    apply_batch = getattr(projection, "apply_batch", None)
+    if apply_batch is not None and len(todo) > 1:
+        try:
+            async with conn.transaction():  # a savepoint: a failure leaves nothing behind
+                await apply_batch(conn, [envelope for _, _, envelope in todo])
+        except Exception:
+            if conn.is_closed():
+                raise
+        else:
+            return
+    for index, record, envelope in todo:
+        try:
+            await projection.apply(conn, envelope)
+        except Exception as exc:
+            raise Poison(index, projection.name, record, envelope) from exc
+
+
+async def archive_records(
+    conn: Conn,
+    tp: TopicPartition,
+    records: Sequence[Record],
+    decoded: Sequence[EventEnvelope | None] | None = None,
+) -> None:
     """Archive every record not yet archived, in a transaction of its own with its checkpoint.
 
     Ahead of and apart from the projections: a record no projection can apply (or that is not
@@ -100,16 +137,18 @@ async def archive_records(conn: Conn, tp: TopicPartition, records: Sequence[Reco
         (start,) = (
             await checkpoints.next_offsets(conn, [archive.NAME], tp.topic, tp.partition, lock=True)
         ).values()
-        fresh = [r for r in records if r.offset >= start]
+        if decoded is None:
+            decoded = [_decoded_or_none(r) for r in records]
+        fresh = [(r, e) for r, e in zip(records, decoded, strict=True) if r.offset >= start]
         if not fresh:
             return
         await archive.store(
             conn, tp.topic, tp.partition,
-            [(r.offset, r.key, r.value, r.headers, r.timestamp) for r in fresh],
-            [_decoded_or_none(r) for r in fresh],
+            [(r.offset, r.key, r.value, r.headers, r.timestamp) for r, _ in fresh],
+            [e for _, e in fresh],
         )  # fmt: skip
         await checkpoints.save_next_offset(
-            conn, [archive.NAME], tp.topic, tp.partition, fresh[-1].offset + 1
+            conn, [archive.NAME], tp.topic, tp.partition, fresh[-1][0].offset + 1
         )
 
 
@@ -125,8 +164,10 @@ def checkpoint_names(projections: Sequence[Projection]) -> list[str]:
     return [archive.NAME, *(projection.name for projection in projections)]
 
 
-def _decode(index: int, record: Record) -> EventEnvelope:
+def _decode(index: int, record: Record, decoded: EventEnvelope | None) -> EventEnvelope:
+    if decoded is not None:
+        return decoded
     try:
-        return decode_event(record.value)
+        return decode_event(record.value)  # fails again, now with the cause attached
     except (ValueError, TypeError) as exc:  # pydantic's and orjson's errors are ValueErrors
         raise Poison(index, "decode_event", record, None) from exc

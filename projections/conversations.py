@@ -9,7 +9,9 @@ per-tenant sequence skip.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 from uuid import UUID
 
@@ -36,41 +38,34 @@ INSERT INTO conversations (tenant_id, conversation_id, contact, sender, state, s
 VALUES ($1, $2, $3, $4, 'bot', $5, $5)
 ON CONFLICT DO NOTHING
 """
-_CONTACT: Final = """
-INSERT INTO contacts (tenant_id, contact, opted_out, updated_at) VALUES ($1, $2, $3, $4)
-ON CONFLICT (tenant_id, contact) DO UPDATE SET opted_out = EXCLUDED.opted_out,
-    updated_at = EXCLUDED.updated_at
-WHERE contacts.updated_at <= EXCLUDED.updated_at
-"""
 _CONTACT_SEEN: Final = """
 INSERT INTO contacts (tenant_id, contact, opted_out, updated_at) VALUES ($1, $2, false, $3)
 ON CONFLICT DO NOTHING
 """
-_INBOUND: Final = """
-WITH added AS (
-    INSERT INTO messages (tenant_id, message_id, conversation_id, direction, author, body, media,
-                          twilio_sid, status, created_at, tenant_seq)
-    VALUES ($1, $2, $3, 'inbound', 'contact', $4, $5::jsonb, $2, 'received', $6, $7)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-UPDATE conversations SET last_message_at = $6, last_message_preview = left($4, $9),
-    unread_count = unread_count + 1, updated_at = $8,
-    window_open_until = greatest(window_open_until, $10)
-WHERE tenant_id = $1 AND conversation_id = $3 AND EXISTS (SELECT FROM added)
+# Messages of one tenant and batch in one statement; RETURNING tells which are new (a replayed
+# message is not), and only new ones move their conversation (`_CONVERSATIONS`).
+_MESSAGE: Final = """
+INSERT INTO messages (tenant_id, message_id, conversation_id, direction, author, body, media,
+                      content_sid, twilio_sid, status, created_at, tenant_seq)
+SELECT $1, u.* FROM unnest($2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                           $7::jsonb[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],
+                           $12::bigint[]) AS u
+ON CONFLICT DO NOTHING
+RETURNING message_id
 """
-_OUTBOUND: Final = """
-WITH added AS (
-    INSERT INTO messages (tenant_id, message_id, conversation_id, direction, author, body,
-                          content_sid, status, created_at, tenant_seq)
-    VALUES ($1, $2, $3, 'outbound', $4, $5, $6, 'requested', $7, $8)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-UPDATE conversations SET last_message_at = $7,
-    last_message_preview = left(coalesce($5, '[template ' || $6 || ']'), $9),
-    unread_count = 0, updated_at = $7
-WHERE tenant_id = $1 AND conversation_id = $3 AND EXISTS (SELECT FROM added)
+# One update per conversation and batch: the last new message, the unread count (an inbound
+# message is one more unread, a reply by the bot or a human reads them all) and the window.
+_CONVERSATIONS: Final = """
+UPDATE conversations c SET
+    last_message_at = u.at,
+    last_message_preview = u.preview,
+    unread_count = CASE WHEN u.replied THEN u.unread ELSE c.unread_count + u.unread END,
+    updated_at = greatest(c.updated_at, u.updated),
+    window_open_until = greatest(c.window_open_until, u.win)
+FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::bool[], $6::int[],
+            $7::timestamptz[], $8::timestamptz[])
+     AS u(cid, at, preview, replied, unread, updated, win)
+WHERE c.tenant_id = $1 AND c.conversation_id = u.cid
 """
 # Forward only: a known status never moves back; failed/undelivered are final.
 _STATUS: Final = """
@@ -82,123 +77,179 @@ WHERE tenant_id = $1 AND twilio_sid = $2
        OR array_position($5::text[], $3) > array_position($5::text[], status))
 """
 _STATE: Final = """
-UPDATE conversations SET state = $3, owner = $4, updated_at = $5
+UPDATE conversations SET state = $3, owner = $4, updated_at = greatest(updated_at, $5)
 WHERE tenant_id = $1 AND conversation_id = $2
 """
 _OPT: Final = """
-UPDATE conversations SET opted_out = $3, updated_at = $4
-WHERE tenant_id = $1 AND conversation_id = $2
-RETURNING contact
+WITH changed AS (
+    UPDATE conversations SET opted_out = $3, updated_at = greatest(updated_at, $4)
+    WHERE tenant_id = $1 AND conversation_id = $2
+    RETURNING tenant_id, contact
+)
+INSERT INTO contacts (tenant_id, contact, opted_out, updated_at)
+SELECT tenant_id, contact, $3, $4 FROM changed
+ON CONFLICT (tenant_id, contact) DO UPDATE SET opted_out = EXCLUDED.opted_out,
+    updated_at = EXCLUDED.updated_at
+WHERE contacts.updated_at <= EXCLUDED.updated_at
 """
-
 _RESULT: Final = """
 INSERT INTO command_results (tenant_id, command_id, outcome, command_type, reason_code, reason,
                              tenant_seq, recorded_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+SELECT $1, u.* FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::bigint[], $8::timestamptz[]) AS u
 ON CONFLICT DO NOTHING
 """
+_SET_BASED: Final = frozenset({_MESSAGE, _RESULT})
+"""Statements that take the whole batch's rows as arrays (`unnest`), not one row per call."""
+# Statements run in this order, each once per tenant per batch with all its rows in log order.
+# Safe because they touch different columns, except `updated_at`, which only moves forward
+# (greatest), and a conversation's row, which `_START` creates first.
+_PHASES: Final = (_START, _CONTACT_SEEN, _MESSAGE, _STATUS, _STATE, _OPT, _RESULT)
 
-type Handler = Callable[[Conn, EventEnvelope, Message], Awaitable[None]]
+type Row = tuple[object, ...]
 
 
 async def apply(conn: Conn, envelope: EventEnvelope) -> None:
-    """Project one event as the projector role, inside the caller's transaction."""
-    handler = _HANDLERS.get(envelope.type)
-    rejected = envelope.type == "CommandRejected"
-    if handler is None and not rejected:
+    """Project one event (see `apply_batch`)."""
+    await apply_batch(conn, [envelope])
+
+
+async def apply_batch(conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
+    """Project events in log order, inside the caller's transaction, as the projector role.
+
+    One statement per kind and tenant (messages and results as arrays, the rarer kinds with
+    `executemany`): a batch of a thousand events is a few dozen round trips, not thousands.
+    Row-level security checks every row against the tenant set.
+    """
+    planned: dict[UUID, dict[str, list[Row]]] = {}
+    for envelope in envelopes:
+        if envelope.type not in _RELEVANT:
+            continue
+        event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
+        rows = planned.setdefault(envelope.tenant_id, {})
+        for statement, row in _plan(envelope, event):
+            rows.setdefault(statement, []).append(row)
+    if not planned:
         return
-    event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
-    await conn.execute(_ENTER, PROJECTOR_ROLE, str(envelope.tenant_id))
-    if handler is not None:
-        await handler(conn, envelope, event)
-    await _result(conn, envelope, event)
+    await conn.execute("SELECT set_config('role', $1, true)", PROJECTOR_ROLE)
+    for tenant, rows in planned.items():
+        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+        for statement in _PHASES:
+            if statement not in rows:
+                continue
+            if statement is _MESSAGE:
+                await _messages(conn, tenant, rows[statement])
+            elif statement in _SET_BASED:
+                await conn.execute(statement, tenant, *_columns(rows[statement], skip=1))
+            else:
+                await conn.executemany(statement, rows[statement])
     await conn.execute("RESET ROLE")
 
 
-async def _result(conn: Conn, envelope: EventEnvelope, event: Message) -> None:
-    """The command's outcome: its first event says accepted, or rejected and why."""
-    outcome: tuple[str, str | None, str | None, str | None]
+def _columns(rows: list[Row], skip: int = 0) -> list[list[object]]:
+    """Rows as one list per column (for `unnest`), leaving out the first `skip` columns."""
+    return [list(column) for column in zip(*(row[skip:] for row in rows), strict=True)]
+
+
+@dataclass(slots=True)
+class _Moved:
+    """What a batch's new messages do to one conversation."""
+
+    at: datetime
+    preview: str
+    updated: datetime
+    replied: bool = False
+    unread: int = 0
+    window: datetime | None = None
+
+    def row(self, cid: UUID) -> Row:
+        return (cid, self.at, self.preview, self.replied, self.unread, self.updated, self.window)
+
+
+async def _messages(conn: Conn, tenant: UUID, rows: list[Row]) -> None:
+    """Insert a batch's messages, then move each conversation by its new messages only."""
+    inserted = {
+        r["message_id"]
+        for r in await conn.fetch(_MESSAGE, tenant, *_columns([row[:12] for row in rows], 1))
+    }
+    moved: dict[UUID, _Moved] = {}
+    for row in rows:
+        message_id, cid, direction, created_at = row[1], row[2], row[3], row[10]
+        preview, updated, window = row[12], row[13], row[14]
+        if message_id not in inserted:
+            continue
+        assert isinstance(cid, UUID)
+        assert isinstance(created_at, datetime)
+        assert isinstance(preview, str)
+        assert isinstance(updated, datetime)
+        state = moved.get(cid)
+        if state is None:
+            state = moved[cid] = _Moved(created_at, preview, updated)
+        state.at, state.preview, state.updated = created_at, preview, max(state.updated, updated)
+        if direction == "inbound":
+            assert isinstance(window, datetime)
+            state.unread += 1
+            state.window = window if state.window is None else max(state.window, window)
+        else:
+            state.replied, state.unread = True, 0
+    if moved:
+        await conn.execute(
+            _CONVERSATIONS, tenant, *_columns([state.row(cid) for cid, state in moved.items()])
+        )
+
+
+def _plan(envelope: EventEnvelope, event: Message) -> list[tuple[str, Row]]:
+    """The statements (and their arguments) one event contributes."""
+    tenant, at, seq = envelope.tenant_id, envelope.recorded_at, envelope.tenant_seq
+    out: list[tuple[str, Row]] = []
+    match event:
+        case ev.ConversationStarted():
+            cid = UUID(event.conversation_id)
+            out.append((_START, (tenant, cid, event.contact, event.sender, envelope.occurred_at)))
+            out.append((_CONTACT_SEEN, (tenant, event.contact, envelope.occurred_at)))
+        case ev.InboundMessageReceived():
+            media = orjson.dumps([m.model_dump(mode="json") for m in event.media]).decode()
+            out.append((_MESSAGE, (
+                tenant, event.message_sid, UUID(event.conversation_id), "inbound", "contact",
+                event.body, media, None, event.message_sid, "received", event.received_at, seq,
+                event.body[:PREVIEW_CHARS], at, event.window_open_until,
+            )))  # fmt: skip
+        case ev.OutboundMessageRequested():
+            preview = event.body if event.body is not None else f"[template {event.content_sid}]"
+            out.append((_MESSAGE, (
+                tenant, event.outbound_id, UUID(event.conversation_id), "outbound", event.author,
+                event.body, "[]", event.content_sid, None, "requested", envelope.occurred_at,
+                seq, preview[:PREVIEW_CHARS], at, None,
+            )))  # fmt: skip
+        case ev.DeliveryStatusChanged():
+            out.append((_STATUS, (tenant, event.message_sid, event.status, event.error_code,
+                                  list(STATUS_ORDER))))  # fmt: skip
+        case ev.ContactOptedOut() | ev.ContactOptedIn():
+            opted_out = isinstance(event, ev.ContactOptedOut)
+            out.append((_OPT, (tenant, UUID(event.conversation_id), opted_out, at)))
+        case ev.HandoffRequested():
+            out.append(
+                (_STATE, (tenant, UUID(event.conversation_id), "handoff_requested", None, at))
+            )
+        case ev.ConversationHandedOff():
+            out.append((_STATE, (tenant, UUID(event.conversation_id), "human", event.operator, at)))
+        case ev.ConversationClosed():
+            out.append((_STATE, (tenant, UUID(event.conversation_id), "closed", None, at)))
+        case ev.ConversationReturnedToBot() | ev.ConversationReopened():
+            out.append((_STATE, (tenant, UUID(event.conversation_id), "bot", None, at)))
     if isinstance(event, CommandRejected):
-        outcome = ("rejected", event.command_type, event.reason_code, event.reason)
+        outcome: Row = ("rejected", event.command_type, event.reason_code, event.reason)
     else:
         outcome = ("accepted", None, None, None)
-    await conn.execute(
-        _RESULT, envelope.tenant_id, envelope.causation_id, *outcome, envelope.tenant_seq,
-        envelope.recorded_at,
-    )  # fmt: skip
+    out.append((_RESULT, (tenant, envelope.causation_id, *outcome, seq, at)))
+    return out
 
 
-def _cid(event: Message) -> UUID:
-    return UUID(getattr(event, "conversation_id"))  # noqa: B009 - every handled event has one
-
-
-async def _started(conn: Conn, envelope: EventEnvelope, event: Message) -> None:
-    assert isinstance(event, ev.ConversationStarted)
-    tenant, at = envelope.tenant_id, envelope.occurred_at
-    await conn.execute(_START, tenant, _cid(event), event.contact, event.sender, at)
-    await conn.execute(_CONTACT_SEEN, tenant, event.contact, at)
-
-
-async def _inbound(conn: Conn, envelope: EventEnvelope, event: Message) -> None:
-    assert isinstance(event, ev.InboundMessageReceived)
-    media = orjson.dumps([m.model_dump(mode="json") for m in event.media]).decode()
-    await conn.execute(
-        _INBOUND, envelope.tenant_id, event.message_sid, _cid(event), event.body, media,
-        event.received_at, envelope.tenant_seq, envelope.recorded_at, PREVIEW_CHARS,
-        event.window_open_until,
-    )  # fmt: skip
-
-
-async def _outbound(conn: Conn, envelope: EventEnvelope, event: Message) -> None:
-    assert isinstance(event, ev.OutboundMessageRequested)
-    await conn.execute(
-        _OUTBOUND, envelope.tenant_id, event.outbound_id, _cid(event), event.author, event.body,
-        event.content_sid, envelope.occurred_at, envelope.tenant_seq, PREVIEW_CHARS,
-    )  # fmt: skip
-
-
-async def _status(conn: Conn, envelope: EventEnvelope, event: Message) -> None:
-    assert isinstance(event, ev.DeliveryStatusChanged)
-    await conn.execute(
-        _STATUS, envelope.tenant_id, event.message_sid, event.status, event.error_code,
-        list(STATUS_ORDER),
-    )  # fmt: skip
-
-
-async def _opt(conn: Conn, envelope: EventEnvelope, event: Message) -> None:
-    assert isinstance(event, ev.ContactOptedOut | ev.ContactOptedIn)
-    opted_out = isinstance(event, ev.ContactOptedOut)
-    tenant, at = envelope.tenant_id, envelope.recorded_at
-    contact = await conn.fetchval(_OPT, tenant, _cid(event), opted_out, at)
-    if contact is not None:
-        await conn.execute(_CONTACT, tenant, contact, opted_out, at)
-
-
-async def _state(conn: Conn, envelope: EventEnvelope, event: Message) -> None:
-    match event:
-        case ev.HandoffRequested():
-            state, owner = "handoff_requested", None
-        case ev.ConversationHandedOff():
-            state, owner = "human", event.operator
-        case ev.ConversationClosed():
-            state, owner = "closed", None
-        case ev.ConversationReturnedToBot() | ev.ConversationReopened():
-            state, owner = "bot", None
-        case _:
-            raise TypeError(f"{event.type} is not a state change")
-    await conn.execute(_STATE, envelope.tenant_id, _cid(event), state, owner, envelope.recorded_at)
-
-
-_HANDLERS: Final[dict[str, Handler]] = {
-    "ConversationStarted": _started,
-    "InboundMessageReceived": _inbound,
-    "OutboundMessageRequested": _outbound,
-    "DeliveryStatusChanged": _status,
-    "ContactOptedOut": _opt,
-    "ContactOptedIn": _opt,
-    "HandoffRequested": _state,
-    "ConversationHandedOff": _state,
-    "ConversationReturnedToBot": _state,
-    "ConversationClosed": _state,
-    "ConversationReopened": _state,
-}
+_RELEVANT: Final = frozenset(
+    {
+        "ConversationStarted", "InboundMessageReceived", "OutboundMessageRequested",
+        "DeliveryStatusChanged", "ContactOptedOut", "ContactOptedIn", "HandoffRequested",
+        "ConversationHandedOff", "ConversationReturnedToBot", "ConversationClosed",
+        "ConversationReopened", "CommandRejected",
+    }
+)  # fmt: skip

@@ -61,9 +61,7 @@ async def _snapshot(db: asyncpg.Connection) -> list[list[asyncpg.Record]]:
     ]
 
 
-async def test_a_conversation_lifecycle_in_the_read_models(db: asyncpg.Connection) -> None:
-    await migrate(db)
-    tenant = uuid.uuid4()
+def _lifecycle(tenant: uuid.UUID) -> list[EventEnvelope]:
     cid = conv.conversation_id(tenant, CONTACT)
     handoff = [
         RequestHandoff(conversation_id=cid, reason="quer falar com alguém"),
@@ -72,7 +70,7 @@ async def test_a_conversation_lifecycle_in_the_read_models(db: asyncpg.Connectio
         ReturnToBot(conversation_id=cid, operator="maria@clinica"),
     ]
     close = CloseConversation(conversation_id=cid, closed_by="maria@clinica")
-    events = _decided(
+    return _decided(
         tenant,
         [
             register(tenant, ACCOUNT, SENDER),
@@ -80,10 +78,18 @@ async def test_a_conversation_lifecycle_in_the_read_models(db: asyncpg.Connectio
             *(_operator(tenant, body, n) for n, body in enumerate(handoff, start=2)),
             inbound(tenant, "SM2", CONTACT, "PARAR"),
             _operator(tenant, close, 7),
+            _operator(tenant, close, 8),  # closing twice: a rejection
             inbound(tenant, "SM3", CONTACT, "VOLTAR"),
         ],
     )
-    assert "CommandRejected" not in {e.type for e in events}
+
+
+async def test_a_conversation_lifecycle_in_the_read_models(db: asyncpg.Connection) -> None:
+    await migrate(db)
+    tenant = uuid.uuid4()
+    cid = conv.conversation_id(tenant, CONTACT)
+    events = _lifecycle(tenant)
+    assert [e.type for e in events].count("CommandRejected") == 1
     for envelope in events:
         async with db.transaction():
             await conversations.apply(db, envelope)
@@ -112,6 +118,15 @@ async def test_a_conversation_lifecycle_in_the_read_models(db: asyncpg.Connectio
     assert contact is not None
     assert contact["opted_out"] is False  # opted out by PARAR, back in by VOLTAR
 
+    results = await db.fetch(
+        "SELECT outcome, reason_code FROM command_results WHERE tenant_id = $1 ORDER BY tenant_seq",
+        tenant,
+    )
+    assert [(r["outcome"], r["reason_code"]) for r in results].count(("accepted", None)) == 8
+    assert ("rejected", "invalid_state_closed") in [
+        (r["outcome"], r["reason_code"]) for r in results
+    ]
+
     before = await _snapshot(db)
     for envelope in events:  # a replayed log changes nothing
         async with db.transaction():
@@ -134,3 +149,45 @@ async def test_states_along_the_way(db: asyncpg.Connection) -> None:
     row = await db.fetchrow("SELECT state, owner, opted_out FROM conversations")
     assert row is not None
     assert (row["state"], row["owner"], row["opted_out"]) == ("human", "joão", True)
+
+
+async def _normalised(db: asyncpg.Connection, tenant: uuid.UUID) -> list[list[tuple[object, ...]]]:
+    """Every read-model row of `tenant`, without the columns that name the tenant."""
+    queries = [
+        "SELECT contact, sender, state, owner, opted_out, window_open_until, last_message_at, "
+        "last_message_preview, unread_count, started_at, updated_at FROM conversations",
+        "SELECT CASE direction WHEN 'inbound' THEN message_id END, direction, author, body, "
+        "media::text, status, created_at, tenant_seq FROM messages ORDER BY tenant_seq",
+        "SELECT contact, opted_out, updated_at FROM contacts",
+        "SELECT outcome, command_type, reason_code, tenant_seq FROM command_results "
+        "ORDER BY tenant_seq",
+    ]
+    out = []
+    for query in queries:
+        where = " WHERE tenant_id = $1"
+        if " ORDER BY" in query:
+            head, _, order = query.partition(" ORDER BY")
+            query = f"{head}{where} ORDER BY{order}"
+        else:
+            query += where
+        out.append([tuple(r) for r in await db.fetch(query, tenant)])
+    return out
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 100])
+async def test_batches_of_any_size_project_what_single_events_do(
+    db: asyncpg.Connection, chunk: int
+) -> None:
+    """`apply_batch` reorders statements by kind; the rows must not notice."""
+    await migrate(db)
+    one, many = uuid.uuid4(), uuid.uuid4()
+    for envelope in _lifecycle(one):
+        async with db.transaction():
+            await conversations.apply(db, envelope)
+    events = _lifecycle(many)
+    for start in range(0, len(events), chunk):
+        async with db.transaction():
+            await conversations.apply_batch(db, events[start : start + chunk])
+    single, batched = await _normalised(db, one), await _normalised(db, many)
+    assert all(single)
+    assert batched == single
