@@ -20,8 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import NewTopic
 
 from projections.database import connect, ensure_database
+from projections.migrations import migrate
 from streams import kafka
 from zapflow.devbroker import start_dev_broker
 from zapflow.devdb import start_embedded_postgres
@@ -134,3 +136,23 @@ async def fresh_broker(tmp_path: Path) -> AsyncIterator[str]:
         yield broker.bootstrap_servers
     finally:
         broker.stop()
+
+
+@pytest.fixture
+async def topic(bootstrap_servers: str) -> str:
+    """An event topic of the test's own on the session broker (12 partitions, kept forever)."""
+    name = f"test.events.{uuid.uuid4().hex[:8]}"
+    admin = kafka.admin(bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 12, 1, topic_configs={"retention.ms": "-1"})])
+    finally:
+        await admin.close()
+    return name
+
+
+@pytest.fixture
+async def migrated(db: asyncpg.Connection) -> asyncpg.Connection:
+    """The test's database with every migration applied."""
+    await migrate(db)
+    return db
