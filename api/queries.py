@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 from fastapi import APIRouter, Query, Request
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from api.auth import TenantDep
 from api.container import Container
@@ -81,6 +81,19 @@ class MessagePage(BaseModel):
     next_cursor: str | None
 
 
+def _instant(text: str | None) -> datetime | None:
+    """An RFC 3339 instant with its offset; anything else (a number, no offset) is a 400."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or "T" not in text.upper():
+        raise ApiError(400, "invalid_request", "updated_since: an RFC 3339 date-time with offset")
+    return value
+
+
 def _container(request: Request) -> Container:
     container: Container = request.app.state.container
     return container
@@ -105,7 +118,13 @@ async def list_conversations(
     request: Request,
     tenant: TenantDep,
     state: State | None = None,
-    updated_since: AwareDatetime | None = None,
+    updated_since: Annotated[
+        str | None,
+        Query(
+            json_schema_extra={"format": "date-time"},
+            description="RFC 3339 with an offset, e.g. 2026-11-25T12:00:00Z.",
+        ),
+    ] = None,
     contact: str | None = None,
     q: Annotated[
         str | None, Query(max_length=200, description="Full-text search over message bodies.")
@@ -113,7 +132,7 @@ async def list_conversations(
     limit: Limit = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> ConversationPage:
-    where = read.ConversationFilter(state, updated_since, contact, q)
+    where = read.ConversationFilter(state, _instant(updated_since), contact, q)
     try:
         async with read.tenant_scope(_container(request).reader, tenant) as conn:
             rows, next_cursor = await read.conversations(conn, tenant, where, limit, cursor)
