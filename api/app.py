@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
-from api import errors, health, operator, queries, webhooks
+from api import errors, health, metrics, operator, queries, webhooks
 from api.auth import ApiKeys
 from api.broker import BrokerLink
 from api.container import ApiConfig, Clock, Container, utc_now
@@ -73,10 +73,23 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.state.metrics = metrics.Metrics()
+    templates: dict[object, str] = {route.endpoint: route.path for route in webhooks.routes}
+    app.add_middleware(metrics.HttpMetrics, metrics=app.state.metrics, templates=templates)
+    app.add_api_route(
+        "/metrics",
+        metrics.metrics_endpoint,
+        methods=["GET"],
+        response_class=Response,
+        tags=["operations"],
+        summary="Prometheus metrics: HTTP latency, webhooks, projector positions and lag",
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     app.include_router(health.router)
     app.include_router(queries.router)
     app.include_router(operator.router)
-    app.router.routes.extend(webhooks.routes)
+    # First: the hottest path should not be matched against every other route before it.
+    app.router.routes[:0] = webhooks.routes
     _document_webhooks(app)
     return app
 

@@ -153,6 +153,7 @@ async def _accept(request: Request, kind: str) -> Response:
         tenant = await _tenant(container, raw_id)
         command = await _verified_command(request, container, tenant, kind)
     except _Refused as refused:
+        request.app.state.metrics.refusals.inc(kind, refused.code)
         log.info(
             "webhook refused: %s %s",
             refused.status,
@@ -165,6 +166,7 @@ async def _accept(request: Request, kind: str) -> Response:
     tenant_id = tenant.tenant_id
     command_id, key, value, headers = command_record(tenant_id, command, container.clock())
     route = await container.spool.submit_record(tenant_id, command_id, key, value, headers)
+    request.app.state.metrics.webhooks.inc(kind, route)
     if log.isEnabledFor(logging.INFO):
         log.info(
             "%s %s from %s accepted (%s)",
