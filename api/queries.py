@@ -7,7 +7,8 @@ tenant's conversation answers 404 exactly like one that does not exist.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import asdict
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -185,3 +186,44 @@ def _message(row: asyncpg.Record) -> MessageOut:
     fields["media"] = orjson.loads(fields["media"])
     del fields["tenant_seq"]
     return MessageOut(**fields)
+
+
+MAX_DAYS = 366
+
+
+class DayMetrics(BaseModel):
+    day: date
+    inbound: int = Field(description="Messages from contacts.")
+    outbound_bot: int = Field(description="Replies requested by the bot.")
+    outbound_human: int = Field(description="Replies requested by human operators.")
+    handoffs: int = Field(description="Conversations handed to a human.")
+    closed: int
+    opt_outs: int
+    median_first_response_seconds: float | None = Field(
+        description="Median time from a customer's first message of a turn to the next reply."
+    )
+    failures: dict[str, int] = Field(description="Failed deliveries by Twilio error code.")
+
+
+class MetricsPage(BaseModel):
+    days: list[DayMetrics]
+
+
+@router.get(
+    "/metrics",
+    summary="Daily activity: messages, replies by bot and human, hand-offs, first response",
+    responses=_ERRORS,
+)
+async def daily_metrics(
+    request: Request,
+    tenant: TenantDep,
+    first: Annotated[date, Query(alias="from", description="First UTC day (inclusive).")],
+    last: Annotated[date, Query(alias="to", description="Last UTC day (inclusive).")],
+) -> MetricsPage:
+    if last < first:
+        raise ApiError(400, "invalid_request", "`to` is before `from`")
+    if (last - first).days >= MAX_DAYS:
+        raise ApiError(400, "invalid_request", f"at most {MAX_DAYS} days at a time")
+    async with read.tenant_scope(_container(request).reader, tenant) as conn:
+        days = await read.daily(conn, tenant, first, last)
+    return MetricsPage(days=[DayMetrics(**asdict(day)) for day in days])

@@ -99,12 +99,17 @@ SELECT $1, u.* FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::t
                            $7::bigint[], $8::timestamptz[]) AS u
 ON CONFLICT DO NOTHING
 """
+_FACT: Final = """
+INSERT INTO conversation_facts (tenant_id, event_id, conversation_id, day, kind, code)
+VALUES ($1, $2, $3, ($4::timestamptz AT TIME ZONE 'UTC')::date, $5, $6)
+ON CONFLICT DO NOTHING
+"""
 _SET_BASED: Final = frozenset({_MESSAGE, _RESULT})
 """Statements that take the whole batch's rows as arrays (`unnest`), not one row per call."""
 # Statements run in this order, each once per tenant per batch with all its rows in log order.
 # Safe because they touch different columns, except `updated_at`, which only moves forward
 # (greatest), and a conversation's row, which `_START` creates first.
-_PHASES: Final = (_START, _CONTACT_SEEN, _MESSAGE, _STATUS, _STATE, _OPT, _RESULT)
+_PHASES: Final = (_START, _CONTACT_SEEN, _MESSAGE, _STATUS, _STATE, _OPT, _FACT, _RESULT)
 
 type Row = tuple[object, ...]
 
@@ -237,12 +242,30 @@ def _plan(envelope: EventEnvelope, event: Message) -> list[tuple[str, Row]]:
             out.append((_STATE, (tenant, UUID(event.conversation_id), "closed", None, at)))
         case ev.ConversationReturnedToBot() | ev.ConversationReopened():
             out.append((_STATE, (tenant, UUID(event.conversation_id), "bot", None, at)))
+    fact = _fact(event)
+    if fact is not None:
+        cid = UUID(getattr(event, "conversation_id"))  # noqa: B009 - facts are conversation events
+        out.append((_FACT, (tenant, envelope.event_id, cid, at, *fact)))
     if isinstance(event, CommandRejected):
         outcome: Row = ("rejected", event.command_type, event.reason_code, event.reason)
     else:
         outcome = ("accepted", None, None, None)
     out.append((_RESULT, (tenant, envelope.causation_id, *outcome, seq, at)))
     return out
+
+
+def _fact(event: Message) -> tuple[str, str | None] | None:
+    """The countable fact an event is, if any: (kind, code)."""
+    match event:
+        case ev.ConversationHandedOff():
+            return "handoff", None
+        case ev.ConversationClosed():
+            return "closed", None
+        case ev.ContactOptedOut():
+            return "opted_out", None
+        case ev.DeliveryStatusChanged() if event.status in ("failed", "undelivered"):
+            return "failed", event.error_code
+    return None
 
 
 _RELEVANT: Final = frozenset(

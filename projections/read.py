@@ -13,8 +13,8 @@ import base64
 import binascii
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
@@ -149,3 +149,78 @@ async def command_result(conn: Conn, tenant_id: UUID, command_id: UUID) -> async
         tenant_id,
         command_id,
     )
+
+
+_DAILY_MESSAGES: Final = """
+SELECT (created_at AT TIME ZONE 'UTC')::date AS day,
+       count(*) FILTER (WHERE direction = 'inbound') AS inbound,
+       count(*) FILTER (WHERE direction = 'outbound' AND author = 'bot') AS outbound_bot,
+       count(*) FILTER (WHERE direction = 'outbound' AND author = 'human') AS outbound_human
+FROM messages
+WHERE tenant_id = $1 AND created_at >= $2::date AND created_at < $3::date + 1
+GROUP BY 1
+"""
+_DAILY_FACTS: Final = """
+SELECT day, kind, coalesce(code, '') AS code, count(*) AS n FROM conversation_facts
+WHERE tenant_id = $1 AND day BETWEEN $2 AND $3
+GROUP BY 1, 2, 3
+"""
+# A customer turn starts with an inbound message right after a reply (or the first message);
+# its first response is the next outbound message of that conversation.
+_DAILY_FIRST_RESPONSE: Final = """
+SELECT (started AT TIME ZONE 'UTC')::date AS day,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM answered - started))
+           AS median_seconds
+FROM (
+    SELECT created_at AS started, direction,
+           lag(direction) OVER turn AS previous,
+           min(created_at) FILTER (WHERE direction = 'outbound')
+               OVER (turn ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS answered
+    FROM messages
+    WHERE tenant_id = $1 AND created_at >= $2::date
+    WINDOW turn AS (PARTITION BY conversation_id ORDER BY tenant_seq)
+) m
+WHERE direction = 'inbound' AND coalesce(previous, 'outbound') = 'outbound'
+  AND answered IS NOT NULL AND started < $3::date + 1
+GROUP BY 1
+"""
+
+
+@dataclass(slots=True)
+class Day:
+    """One UTC day of a tenant's activity."""
+
+    day: date
+    inbound: int = 0
+    outbound_bot: int = 0
+    outbound_human: int = 0
+    handoffs: int = 0
+    closed: int = 0
+    opt_outs: int = 0
+    median_first_response_seconds: float | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+async def daily(conn: Conn, tenant_id: UUID, first: date, last: date) -> list[Day]:
+    """Every day from `first` to `last` (inclusive), zeros included."""
+    days = {first + timedelta(days=n): Day(first + timedelta(days=n))
+            for n in range((last - first).days + 1)}  # fmt: skip
+    for row in await conn.fetch(_DAILY_MESSAGES, tenant_id, first, last):
+        day = days[row["day"]]
+        day.inbound, day.outbound_bot = row["inbound"], row["outbound_bot"]
+        day.outbound_human = row["outbound_human"]
+    for row in await conn.fetch(_DAILY_FACTS, tenant_id, first, last):
+        day, n = days[row["day"]], row["n"]
+        match row["kind"]:
+            case "handoff":
+                day.handoffs += n
+            case "closed":
+                day.closed += n
+            case "opted_out":
+                day.opt_outs += n
+            case "failed":
+                code = row["code"] or "unknown"
+                day.failures[code] = day.failures.get(code, 0) + n
+    for row in await conn.fetch(_DAILY_FIRST_RESPONSE, tenant_id, first, last):
+        days[row["day"]].median_first_response_seconds = float(row["median_seconds"])
+    return list(days.values())

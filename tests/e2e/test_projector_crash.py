@@ -35,6 +35,7 @@ TABLES = {
     "messages": "tenant_id, message_id",
     "contacts": "tenant_id, contact",
     "command_results": "tenant_id, command_id",
+    "conversation_facts": "tenant_id, event_id",
     "event_archive": 'topic, partition, "offset"',
     "(SELECT projection, topic, partition, next_offset FROM projection_checkpoints)": (
         "projection, topic, partition"

@@ -24,7 +24,7 @@ from commands.operator import (
 from events.chain import head_of, seal
 from events.envelope import CommandEnvelope, EventEnvelope
 from events.registry import Message
-from projections import conversations
+from projections import conversations, read
 from projections.migrations import migrate
 from streams.tenant_book import TenantBook
 from tests.integration.test_decider import ACCOUNT, SENDER, inbound, register
@@ -126,6 +126,12 @@ async def test_a_conversation_lifecycle_in_the_read_models(db: asyncpg.Connectio
     assert ("rejected", "invalid_state_closed") in [
         (r["outcome"], r["reason_code"]) for r in results
     ]
+
+    (day, after) = await read.daily(db, tenant, T0.date(), T0.date() + timedelta(days=1))
+    assert (day.inbound, day.outbound_bot, day.outbound_human) == (3, 0, 1)
+    assert (day.handoffs, day.closed, day.opt_outs, day.failures) == (1, 1, 1, {})
+    assert day.median_first_response_seconds == 4 * 60  # SM1 at 10:00, Maria at 10:04
+    assert (after.inbound, after.handoffs, after.median_first_response_seconds) == (0, 0, None)
 
     before = await _snapshot(db)
     for envelope in events:  # a replayed log changes nothing

@@ -12,6 +12,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -246,6 +247,13 @@ async def test_operator_commands_go_through_the_decider(
     assert closed["state"] == "closed"
 
     assert (await act("/messages", {}, wait="true")).status_code == 400  # nothing to send
+    today = datetime.now(UTC).date().isoformat()
+    (day,) = _get(client, "/v1/metrics", a, **{"from": today, "to": today}).json()["days"]
+    assert (day["inbound"], day["outbound_human"], day["handoffs"], day["closed"]) == (1, 1, 1, 1)
+    assert day["median_first_response_seconds"] >= 0
+    (other,) = _get(client, "/v1/metrics", b, **{"from": today, "to": today}).json()["days"]
+    assert (other["inbound"], other["handoffs"]) == (1, 0)  # B's own day, none of A's
+    assert _get(client, "/v1/metrics", a, **{"from": today, "to": "2000-01-01"}).status_code == 400
     other = f"/v1/conversations/{conv_b['conversation_id']}/handoff"
     assert client.post(other, json={}, headers=a.auth).status_code == 404
     assert client.post(base + "/handoff", json={}).status_code == 401

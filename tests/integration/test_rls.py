@@ -19,7 +19,7 @@ from projections.migrations import migrate
 
 pytestmark = pytest.mark.integration
 
-TABLES = ("conversations", "messages", "contacts", "command_results")
+TABLES = ("conversations", "messages", "contacts", "command_results", "conversation_facts")
 A, B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
 AT = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
@@ -39,6 +39,12 @@ def _row(table: str, tenant: uuid.UUID, n: int) -> tuple[str, tuple[object, ...]
             "body, created_at, tenant_seq) VALUES ($1, $2, $3, 'inbound', 'contact', 'oi', $4, $5)"
         )
         return sql, (tenant, f"SM{tenant.int}-{n}", cid, AT, n + 1)
+    if table == "conversation_facts":
+        sql = (
+            "INSERT INTO conversation_facts (tenant_id, event_id, conversation_id, day, kind) "
+            "VALUES ($1, $2, $3, $4, 'handoff')"
+        )
+        return sql, (tenant, uuid.uuid5(tenant, f"event{n}"), cid, AT.date())
     if table == "command_results":
         sql = (
             "INSERT INTO command_results (tenant_id, command_id, outcome, tenant_seq, "
