@@ -188,3 +188,16 @@ def test_migrate_waits_for_healthy_broker_and_database(services: dict[str, Docum
     conditions = dependencies(services["migrate"])
     assert conditions == {"redpanda": "service_healthy", "postgres": "service_healthy"}
     assert "restart" not in services["migrate"] or services["migrate"]["restart"] == "no"
+
+
+def test_every_bind_mounted_host_path_exists(services: dict[str, Document]) -> None:
+    """E.g. PostgreSQL's init scripts, which create the query API's role with its password."""
+    mounts = [
+        volume.split(":", 1)[0]
+        for service in services.values()
+        for volume in service.get("volumes", [])
+        if isinstance(volume, str) and volume.startswith(".")
+    ]
+    assert "./deploy/postgres" in mounts
+    for host_path in mounts:
+        assert (ROOT / host_path).exists(), host_path
