@@ -74,8 +74,9 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
     )
     errors.install(app)
     app.state.metrics = metrics.Metrics()
-    templates: dict[object, str] = {route.endpoint: route.path for route in webhooks.routes}
-    app.add_middleware(metrics.HttpMetrics, metrics=app.state.metrics, templates=templates)
+    app.add_middleware(
+        metrics.HttpMetrics, metrics=app.state.metrics, timed_inside=webhooks.TIMED_PREFIX
+    )
     app.add_api_route(
         "/metrics",
         metrics.metrics_endpoint,

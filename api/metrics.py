@@ -80,11 +80,21 @@ class Metrics:
             ("projection", "partition"),
             registry=self.registry,
         )
+        self._http_children: dict[tuple[str, str, str], Any] = {}
         self.scrape_errors = Counter(
             "zapflow_metrics_scrape_errors",
             "Scrapes whose projector figures could not be read (broker or database away).",
             registry=self.registry,
         )
+
+
+def observe_http(metrics: Metrics, template: str, method: str, status: int, seconds: float) -> None:
+    """One request's latency (children cached: `labels()` is costly on a hot path)."""
+    key = (template, method, str(status))
+    child = metrics._http_children.get(key)
+    if child is None:
+        child = metrics._http_children[key] = metrics.http.labels(*key)
+    child.observe(seconds)
 
 
 class Counted:
@@ -104,17 +114,14 @@ class Counted:
 class HttpMetrics:
     """Pure ASGI middleware timing every HTTP request (cheaper than `BaseHTTPMiddleware`)."""
 
-    def __init__(
-        self, app: ASGIApp, metrics: Metrics, templates: dict[object, str] | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, timed_inside: str) -> None:
         self.app = app
         self.metrics = metrics
-        # Plain Starlette routes set no `scope["route"]`; their templates come by endpoint.
-        self.templates = templates or {}
-        self._children: dict[tuple[str, str, str], Any] = {}  # `labels()` is costly per call
+        # Routes under this prefix (the webhooks) time themselves, without this layer's wrapper.
+        self.timed_inside = timed_inside
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.timed_inside):
             await self.app(scope, receive, send)
             return
         started, code = time.perf_counter(), 500
@@ -128,17 +135,10 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            route = scope.get("route")
-            template = (
-                getattr(route, "path", None)
-                or self.templates.get(scope.get("endpoint"))
-                or "unmatched"
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            observe_http(
+                self.metrics, template, scope["method"], code, time.perf_counter() - started
             )
-            key = (template, scope["method"], str(code))
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self.metrics.http.labels(*key)
-            child.observe(time.perf_counter() - started)
 
 
 async def metrics_endpoint(request: Request) -> Response:

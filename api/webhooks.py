@@ -9,6 +9,7 @@ confusion). A body that does not parse cannot be verified, so it is refused as m
 from __future__ import annotations
 
 import logging
+import time
 from typing import Final
 from uuid import UUID
 
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.container import Container
+from api.metrics import observe_http
 from api.signature import SIGNATURE_HEADER, signature_is_valid, signed_url
 from api.tenant_cache import TenantCredentials
 from api.twilio_form import (
@@ -36,6 +38,7 @@ log = logging.getLogger("zapflow.api.webhooks")
 TWIML_EMPTY: Final = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 _FORM: Final = "application/x-www-form-urlencoded"
 PREFIX: Final = "/v1/tenants/{tenant_id}/twilio"
+TIMED_PREFIX: Final = "/v1/tenants/"
 
 _REFUSALS: Final[dict[str, object]] = {
     str(status): {
@@ -59,12 +62,24 @@ class _Refused(Exception):
 
 async def receive_message(request: Request) -> Response:
     """Twilio incoming-message webhook (WhatsApp)."""
-    return await _accept(request, "messages")
+    return await _timed(request, "messages", f"{PREFIX}/messages")
 
 
 async def record_status(request: Request) -> Response:
     """Twilio message status callback."""
-    return await _accept(request, "status")
+    return await _timed(request, "status", f"{PREFIX}/status")
+
+
+async def _timed(request: Request, kind: str, template: str) -> Response:
+    """The webhooks time themselves: the metrics middleware lets this prefix through unwrapped."""
+    started, status = time.perf_counter(), 500
+    try:
+        response = await _accept(request, kind)
+        status = response.status_code
+        return response
+    finally:
+        observe_http(request.app.state.metrics, template, "POST", status,
+                     time.perf_counter() - started)  # fmt: skip
 
 
 # Plain Starlette routes, not FastAPI's: this is the hottest path of the platform, and FastAPI's
