@@ -32,6 +32,7 @@ log = logging.getLogger("zapflow.api.metrics")
 
 _BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SCRAPE_TIMEOUT_S: Final = 5.0
+_REFRESH_EVERY_S: Final = 5.0
 
 
 class Metrics:
@@ -81,6 +82,11 @@ class Metrics:
             registry=self.registry,
         )
         self._http_children: dict[tuple[str, str, str], Any] = {}
+        # One refresh at a time, reused for a few seconds: scrapes are unauthenticated, and each
+        # refresh reads the broker and the database.
+        self.refresh_lock = asyncio.Lock()
+        self.refreshed_at = float("-inf")
+        self.refresh_every_s = _REFRESH_EVERY_S
         self.scrape_errors = Counter(
             "zapflow_metrics_scrape_errors",
             "Scrapes whose projector figures could not be read (broker or database away).",
@@ -146,7 +152,10 @@ async def metrics_endpoint(request: Request) -> Response:
     container: Container = request.app.state.container
     metrics: Metrics = request.app.state.metrics
     try:
-        await asyncio.wait_for(_refresh_projector(container, metrics), _SCRAPE_TIMEOUT_S)
+        async with metrics.refresh_lock:
+            if time.monotonic() - metrics.refreshed_at >= metrics.refresh_every_s:
+                await asyncio.wait_for(_refresh_projector(container, metrics), _SCRAPE_TIMEOUT_S)
+                metrics.refreshed_at = time.monotonic()
     except (OSError, TimeoutError, RuntimeError, ConnectionError) as exc:
         metrics.scrape_errors.inc()
         log.warning("projector figures unavailable for this scrape: %s", exc)
@@ -158,13 +167,16 @@ async def metrics_endpoint(request: Request) -> Response:
 
 async def _refresh_projector(container: Container, metrics: Metrics) -> None:
     names = checkpoint_names(PROJECTIONS)
-    consumer = kafka.groupless_consumer(container.config.bootstrap_servers)
-    await consumer.start()
+    consumer = kafka.groupless_consumer(
+        container.config.bootstrap_servers, max_partition_fetch_bytes=64 * 1024
+    )
     try:
+        await consumer.start()
         partitions = await status.topic_partitions(consumer, EVENTS)
-        async with container.pool.acquire() as conn:
+        async with container.pool.acquire() as conn:  # not held while the broker answers
             starts = await status.starts(conn, EVENTS, names)
-            ends = await status.log_ends(consumer, EVENTS, partitions, starts)
+        ends = await status.log_ends(consumer, EVENTS, partitions, starts)
+        async with container.pool.acquire() as conn:
             rows = await status.read(conn, EVENTS, ends, names)
     finally:
         await consumer.stop()

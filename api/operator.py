@@ -151,6 +151,8 @@ async def _issue(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ApiError(400, "invalid_request", f"{where}: {first['msg']}".strip(": ")) from None
+    if _has_nul(body.payload()):  # PostgreSQL cannot store it; refused before it is a command
+        raise ApiError(400, "invalid_request", "text may not contain NUL characters")
     if idempotency_key is None:
         command_id = uuid.uuid4()
     else:  # the same key on the same conversation and action is the same command
@@ -169,6 +171,16 @@ async def _issue(
     if not wait:
         return Accepted(command_id=command_id, status="pending")
     return await _outcome(container, tenant, command_id, wait_s)
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 async def _outcome(

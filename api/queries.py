@@ -133,6 +133,8 @@ async def list_conversations(
     limit: Limit = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> ConversationPage:
+    if "\x00" in (contact or "") + (q or ""):
+        raise ApiError(400, "invalid_request", "parameters may not contain NUL characters")
     where = read.ConversationFilter(state, _instant(updated_since), contact, q)
     try:
         async with read.tenant_scope(_container(request).reader, tenant) as conn:

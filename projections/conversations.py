@@ -133,7 +133,7 @@ async def apply_batch(conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
         event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
         rows = planned.setdefault(envelope.tenant_id, {})
         for statement, row in _plan(envelope, event):
-            rows.setdefault(statement, []).append(row)
+            rows.setdefault(statement, []).append(tuple(_storable(value) for value in row))
     if not planned:
         return
     await conn.execute("SELECT set_config('role', $1, true)", PROJECTOR_ROLE)
@@ -183,6 +183,7 @@ async def _messages(conn: Conn, tenant: UUID, rows: list[Row]) -> None:
         preview, updated, window = row[12], row[13], row[14]
         if message_id not in inserted:
             continue
+        inserted.discard(message_id)  # the same message twice in a batch counts once
         assert isinstance(cid, UUID)
         assert isinstance(created_at, datetime)
         assert isinstance(preview, str)
@@ -203,6 +204,14 @@ async def _messages(conn: Conn, tenant: UUID, rows: list[Row]) -> None:
         )
 
 
+def _storable(value: object) -> object:
+    """PostgreSQL text and jsonb refuse NUL, which a customer or an operator can send: it becomes
+    U+FFFD here, or one such message would stop its whole partition (every tenant on it)."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
 def _plan(envelope: EventEnvelope, event: Message) -> list[tuple[str, Row]]:
     """The statements (and their arguments) one event contributes."""
     tenant, at, seq = envelope.tenant_id, envelope.recorded_at, envelope.tenant_seq
@@ -214,6 +223,7 @@ def _plan(envelope: EventEnvelope, event: Message) -> list[tuple[str, Row]]:
             out.append((_CONTACT_SEEN, (tenant, event.contact, envelope.occurred_at)))
         case ev.InboundMessageReceived():
             media = orjson.dumps([m.model_dump(mode="json") for m in event.media]).decode()
+            media = media.replace("\\u0000", "\ufffd")  # jsonb refuses an escaped NUL too
             out.append((_MESSAGE, (
                 tenant, event.message_sid, UUID(event.conversation_id), "inbound", "contact",
                 event.body, media, None, event.message_sid, "received", event.received_at, seq,

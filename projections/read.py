@@ -34,7 +34,11 @@ class BadCursor(ValueError):
 async def tenant_scope(pool: asyncpg.Pool, tenant_id: UUID) -> AsyncIterator[Conn]:
     """A connection in a read-only transaction that sees `tenant_id`'s rows only."""
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
+        # UTC too: day boundaries (`::date`) must not depend on the server's or role's TimeZone.
+        await conn.execute(
+            "SELECT set_config('app.tenant_id', $1, true), set_config('TimeZone', 'UTC', true)",
+            str(tenant_id),
+        )
         yield conn
 
 
@@ -90,10 +94,14 @@ async def conversations(
         )
     if cursor is not None:
         updated_at, conversation_id = decode_cursor(cursor, 2)
+        if not (isinstance(updated_at, str) and isinstance(conversation_id, str)):
+            raise BadCursor("the cursor is not one this API issued")
         try:
             after = (datetime.fromisoformat(updated_at), UUID(conversation_id))
-        except (TypeError, ValueError):
+        except ValueError:
             raise BadCursor("the cursor is not one this API issued") from None
+        if after[0].tzinfo is None:
+            raise BadCursor("the cursor is not one this API issued")
         clauses.append(f"(c.updated_at, c.conversation_id) < ({arg(after[0])}, {arg(after[1])})")
     sql = (
         f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE {' AND '.join(clauses)} "  # noqa: S608 - clauses are ours, values are parameters
@@ -124,7 +132,7 @@ async def messages(
     after = 0
     if cursor is not None:
         (after,) = decode_cursor(cursor, 1)
-        if not isinstance(after, int):
+        if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**63:
             raise BadCursor("the cursor is not one this API issued")
     rows = await conn.fetch(
         "SELECT message_id, direction, author, body, media::text AS media, content_sid, "
@@ -177,11 +185,14 @@ FROM (
            min(created_at) FILTER (WHERE direction = 'outbound')
                OVER (turn ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS answered
     FROM messages
-    WHERE tenant_id = $1 AND created_at >= $2::date
+    WHERE tenant_id = $1 AND conversation_id IN (
+        SELECT conversation_id FROM messages
+        WHERE tenant_id = $1 AND created_at >= $2::date AND created_at < $3::date + 1
+    )  -- whole conversations: a turn begun the day before is not a new one
     WINDOW turn AS (PARTITION BY conversation_id ORDER BY tenant_seq)
 ) m
 WHERE direction = 'inbound' AND coalesce(previous, 'outbound') = 'outbound'
-  AND answered IS NOT NULL AND started < $3::date + 1
+  AND answered IS NOT NULL AND started >= $2::date AND started < $3::date + 1
 GROUP BY 1
 """
 

@@ -8,7 +8,7 @@ applying every event a second time must change nothing.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -25,6 +25,7 @@ from events.chain import head_of, seal
 from events.envelope import CommandEnvelope, EventEnvelope
 from events.registry import Message
 from projections import conversations, read
+from projections.database import APP_ROLE, with_user
 from projections.migrations import migrate
 from streams.tenant_book import TenantBook
 from tests.integration.test_decider import ACCOUNT, SENDER, inbound, register
@@ -197,3 +198,59 @@ async def test_batches_of_any_size_project_what_single_events_do(
     single, batched = await _normalised(db, one), await _normalised(db, many)
     assert all(single)
     assert batched == single
+
+
+async def test_a_nul_character_is_stored_not_fatal(db: asyncpg.Connection) -> None:
+    """PostgreSQL refuses NUL in text: projected as U+FFFD, never a poison for the partition."""
+    await migrate(db)
+    tenant = uuid.uuid4()
+    events = _decided(
+        tenant,
+        [register(tenant, ACCOUNT, SENDER), inbound(tenant, "SM\x001", CONTACT, "a\x00b")],
+    )
+    async with db.transaction():
+        await conversations.apply_batch(db, events)
+    row = await db.fetchrow("SELECT message_id, body FROM messages WHERE tenant_id = $1", tenant)
+    assert row is not None
+    assert (row["message_id"], row["body"]) == ("SM\ufffd1", "a\ufffdb")
+
+
+async def test_the_same_message_twice_in_a_batch_counts_once(db: asyncpg.Connection) -> None:
+    await migrate(db)
+    one, many = uuid.uuid4(), uuid.uuid4()
+    for tenant, repeat in ((one, 1), (many, 2)):
+        events = _decided(tenant, [register(tenant, ACCOUNT, SENDER),
+                                   inbound(tenant, "SM1", CONTACT, "Oi")])  # fmt: skip
+        async with db.transaction():
+            await conversations.apply_batch(db, events + events[-1:] * (repeat - 1))
+    assert await _normalised(db, many) == await _normalised(db, one)
+
+
+async def test_days_are_utc_days_whatever_the_sessions_time_zone(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """01:00 UTC is the UTC day's, also for a São Paulo session (where it is the day before)."""
+    await migrate(db)
+    tenant = uuid.uuid4()
+    messages = [
+        CommandEnvelope.model_validate(
+            {**inbound(tenant, sid, CONTACT, "Oi").model_dump(),
+             "issued_at": datetime(2026, 11, day, 1, 0, tzinfo=UTC)}
+        )
+        for sid, day in (("SM1", 26), ("SM2", 27))
+    ]  # fmt: skip
+    async with db.transaction():
+        await conversations.apply_batch(
+            db, _decided(tenant, [register(tenant, ACCOUNT, SENDER), *messages])
+        )
+    pool = await asyncpg.create_pool(
+        with_user(database_url, APP_ROLE), min_size=1, max_size=1,
+        server_settings={"TimeZone": "America/Sao_Paulo"},
+    )  # fmt: skip
+    assert pool is not None
+    try:
+        async with read.tenant_scope(pool, tenant) as conn:
+            days = await read.daily(conn, tenant, date(2026, 11, 25), date(2026, 11, 26))
+    finally:
+        await pool.close()
+    assert [(d.day, d.inbound) for d in days] == [(date(2026, 11, 25), 0), (date(2026, 11, 26), 1)]

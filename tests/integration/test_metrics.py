@@ -53,6 +53,7 @@ async def test_metrics_count_requests_webhooks_and_projector_lag(
         await producer.stop()
 
     with app_client(fresh_broker, database_url) as client:
+        client.app.state.metrics.refresh_every_s = 0  # type: ignore[attr-defined]  # every scrape
         assert post(client, tenant, inbound(tenant, sid())).status_code == 200
         forged = client.post(
             tenant.path(), data=inbound(tenant, sid()), headers={"X-Twilio-Signature": "bad"}

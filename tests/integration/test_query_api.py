@@ -7,6 +7,7 @@ models as role `zapflow_app`, and tenant A's key never reaches tenant B's data.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import secrets
 import uuid
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -192,8 +194,20 @@ async def test_a_missing_or_unknown_key_is_401(
 
 async def test_bad_parameters_are_400(platform: tuple[TestClient, Keyed, Keyed]) -> None:
     client, a, _ = platform
-    for params in ({"cursor": "!!"}, {"cursor": "WzFd"}, {"limit": 0}, {"limit": 1000},
-                   {"state": "nope"}, {"updated_since": "yesterday"}):  # fmt: skip
+    forged = [
+        base64.urlsafe_b64encode(orjson.dumps(v)).decode()
+        for v in (
+            ["2026-01-01T00:00:00+00:00", 5],
+            [1, 2],
+            ["2026-01-01T00:00:00", str(uuid.uuid4())],
+        )
+    ]
+    bad: list[dict[str, Any]] = [
+        {"cursor": "!!"}, {"cursor": "WzFd"}, {"limit": 0}, {"limit": 1000},
+        {"contact": "\x00"}, {"q": "a\x00"}, *({"cursor": c} for c in forged),
+        {"state": "nope"}, {"updated_since": "yesterday"}, {"updated_since": "0.5"},
+    ]  # fmt: skip
+    for params in bad:
         reply = _get(client, "/v1/conversations", a, **params)
         assert reply.status_code == 400, params
         assert set(reply.json()) == {"error", "detail"}
@@ -247,6 +261,9 @@ async def test_operator_commands_go_through_the_decider(
     assert closed["state"] == "closed"
 
     assert (await act("/messages", {}, wait="true")).status_code == 400  # nothing to send
+    assert (await act("/messages", {"body": "a\x00b"})).status_code == 400  # unstorable
+    too_big = base64.urlsafe_b64encode(orjson.dumps([2**63])).decode()
+    assert _get(client, base + "/messages", a, cursor=too_big).status_code == 400
     today = datetime.now(UTC).date().isoformat()
     (day,) = _get(client, "/v1/metrics", a, **{"from": today, "to": today}).json()["days"]
     assert (day["inbound"], day["outbound_human"], day["handoffs"], day["closed"]) == (1, 1, 1, 1)
