@@ -51,8 +51,10 @@ class Fuzzed:
 
 @pytest.fixture
 async def fuzzed(
-    bootstrap_servers: str, database_url: str, db: asyncpg.Connection
+    fresh_broker: str, database_url: str, db: asyncpg.Connection
 ) -> AsyncIterator[Fuzzed]:
+    """A broker of its own: generated commands must not auto-create the session broker's
+    `zapflow.commands` with the broker's default partition count (other tests own it)."""
     await migrate(db)
     tenant, key, cid = uuid.uuid4(), "zf_" + secrets.token_urlsafe(24), uuid.uuid4()
     await db.execute(
@@ -75,7 +77,7 @@ async def fuzzed(
         "'SM1', 'received', $3, 3)",
         tenant, cid, AT,
     )  # fmt: skip
-    with app_client(bootstrap_servers, database_url) as client:
+    with app_client(fresh_broker, database_url) as client:
         yield Fuzzed(client, key, cid)
 
 
