@@ -112,7 +112,12 @@ def _run(
 
     api_url = f"http://{settings.http_host}:{settings.http_port}"
     if not _wait_http(f"{api_url}/healthz", stack, timeout * 3):
-        return _report_dead_child(stack, logs, say) or 1
+        dead = _report_dead_child(stack, logs, say)
+        if dead is None and stack.stop_requested():
+            # Ctrl-C while this loop still polled /healthz (a slow answer under load) while the
+            # API already answered others: a requested stop, not a failed start.
+            return 0
+        return dead or 1
     runtime.write(
         settings.runtime_file,
         runtime.Runtime(
