@@ -43,7 +43,10 @@ class Platform:
                 raise AssertionError(f"zapflow up exited {self.process.returncode}: {err}{out}")
             try:
                 response = httpx.get(f"{self.url}/readyz", timeout=2)
-                if response.status_code == 200:
+                # Ready as a user sees it: the API answers and the supervisor has announced it
+                # (runtime.json, which other terminals read, is written only then).
+                up = (self.state_dir / "runtime.json").exists()
+                if response.status_code == 200 and up:
                     body: dict[str, object] = response.json()
                     return body
             except httpx.HTTPError:
