@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
 from typing import Annotated, Final
 from uuid import UUID
 
@@ -18,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.container import Container
 from api.errors import ApiError
+from api.expiring import Expiring
 from projections.tenants import tenant_by_api_key_hash
 
 TTL_S: Final = 30.0
@@ -30,21 +30,18 @@ class ApiKeys:
     def __init__(self, pool: asyncpg.Pool, *, ttl_s: float = TTL_S) -> None:
         self._pool = pool
         self._ttl_s = ttl_s
-        self._entries: OrderedDict[str, tuple[float, UUID | None]] = OrderedDict()
+        self._entries: Expiring[str, UUID | None] = Expiring(MAX_ENTRIES)  # by hash, never key
 
     async def tenant_for(self, api_key: str) -> UUID | None:
         digest = hashlib.sha256(api_key.encode()).hexdigest()
         now = time.monotonic()
-        hit = self._entries.get(digest)
-        if hit is not None and hit[0] > now:
+        hit = self._entries.fresh(digest, now)
+        if hit is not None:
             return hit[1]
         async with self._pool.acquire() as conn:
             record = await tenant_by_api_key_hash(conn, digest)
         tenant = None if record is None else record.tenant_id
-        self._entries[digest] = (now + self._ttl_s, tenant)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > MAX_ENTRIES:
-            self._entries.popitem(last=False)
+        self._entries.put(digest, tenant, now + self._ttl_s)
         return tenant
 
 

@@ -151,7 +151,8 @@ async def _issue(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ApiError(400, "invalid_request", f"{where}: {first['msg']}".strip(": ")) from None
-    if _has_nul(body.payload()):  # PostgreSQL cannot store it; refused before it is a command
+    payload = body.payload()
+    if _has_nul(payload):  # PostgreSQL cannot store it; refused before it is a command
         raise ApiError(400, "invalid_request", "text may not contain NUL characters")
     if idempotency_key is None:
         command_id = uuid.uuid4()
@@ -165,7 +166,7 @@ async def _issue(
         issued_at=container.clock(),
         correlation_id=command_id,
         idempotency_key=idempotency_key,
-        payload=body.payload(),
+        payload=payload,
     )
     await container.spool.submit(envelope)
     if not wait:

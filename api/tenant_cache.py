@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -18,6 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
+from api.expiring import Expiring
 from projections.credentials import decrypt_secret
 from projections.tenants import TenantRecord, get_tenant
 
@@ -57,9 +57,8 @@ class TenantCache:
         self._key = secret_key
         self._ttl_s = ttl_s
         self._negative_ttl_s = negative_ttl_s
-        self._max_entries = max_entries
         self._monotonic = monotonic
-        self._entries: OrderedDict[UUID, tuple[float, TenantCredentials | None]] = OrderedDict()
+        self._entries: Expiring[UUID, TenantCredentials | None] = Expiring(max_entries)
 
     async def get(self, tenant_id: UUID) -> TenantCredentials | None:
         """The tenant's credentials, or None when the directory does not know it.
@@ -68,25 +67,19 @@ class TenantCache:
         with this process's key (a configuration fault, never cached).
         """
         now = self._monotonic()
-        hit = self._entries.get(tenant_id)
-        if hit is not None and hit[0] > now:
+        hit = self._entries.fresh(tenant_id, now)
+        if hit is not None:
             return hit[1]
         async with self._pool.acquire() as conn:
             record = await get_tenant(conn, tenant_id)
         if record is None:
-            self._store(tenant_id, now + self._negative_ttl_s, None)
+            self._entries.put(tenant_id, None, now + self._negative_ttl_s)
             return None
         token = decrypt_secret(self._key, record.twilio_auth_token_encrypted, tenant_id)
         credentials = TenantCredentials(record, token)
-        self._store(tenant_id, now + self._ttl_s, credentials)
+        self._entries.put(tenant_id, credentials, now + self._ttl_s)
         return credentials
 
     def forget(self, tenant_id: UUID) -> None:
         """Drop one tenant, e.g. after its credentials changed."""
-        self._entries.pop(tenant_id, None)
-
-    def _store(self, tenant_id: UUID, expires: float, value: TenantCredentials | None) -> None:
-        self._entries[tenant_id] = (expires, value)
-        self._entries.move_to_end(tenant_id)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._entries.pop(tenant_id)

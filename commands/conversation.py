@@ -64,19 +64,6 @@ CONVERSATION_COMMANDS: Final = (
     CloseConversation,
     RequestOutboundMessage,
 )
-CONVERSATION_EVENTS: Final = (
-    ConversationStarted,
-    InboundMessageReceived,
-    DeliveryStatusChanged,
-    ContactOptedOut,
-    ContactOptedIn,
-    HandoffRequested,
-    ConversationHandedOff,
-    ConversationReturnedToBot,
-    ConversationClosed,
-    ConversationReopened,
-    OutboundMessageRequested,
-)
 
 
 @lru_cache(maxsize=65_536)

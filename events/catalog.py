@@ -4,38 +4,18 @@ from __future__ import annotations
 
 from typing import Final
 
-from events.conversation import (
-    ContactOptedIn,
-    ContactOptedOut,
-    ConversationClosed,
-    ConversationHandedOff,
-    ConversationReopened,
-    ConversationReturnedToBot,
-    ConversationStarted,
-    DeliveryStatusChanged,
-    HandoffRequested,
-    InboundMessageReceived,
-    OutboundMessageRequested,
-)
+from events.conversation import CONVERSATION_EVENTS
 from events.platform import CommandRejected
 from events.registry import Message, Registry
 from events.tenant import TenantRegistered
 
+_EVENTS: Final[tuple[type[Message], ...]] = (
+    CommandRejected,
+    TenantRegistered,
+    *CONVERSATION_EVENTS,
+)
+
 EVENT_REGISTRY: Final[Registry[Message]] = Registry(
-    models={
-        "CommandRejected": CommandRejected,
-        "TenantRegistered": TenantRegistered,
-        "ConversationStarted": ConversationStarted,
-        "InboundMessageReceived": InboundMessageReceived,
-        "DeliveryStatusChanged": DeliveryStatusChanged,
-        "ContactOptedOut": ContactOptedOut,
-        "ContactOptedIn": ContactOptedIn,
-        "HandoffRequested": HandoffRequested,
-        "ConversationHandedOff": ConversationHandedOff,
-        "ConversationReturnedToBot": ConversationReturnedToBot,
-        "ConversationClosed": ConversationClosed,
-        "ConversationReopened": ConversationReopened,
-        "OutboundMessageRequested": OutboundMessageRequested,
-    },
+    models={model.model_fields["type"].default: model for model in _EVENTS},
     upcasters={},
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -166,3 +166,17 @@ type ConversationEvent = (
     | ConversationReopened
     | OutboundMessageRequested
 )
+CONVERSATION_EVENTS: Final = (
+    ConversationStarted,
+    InboundMessageReceived,
+    DeliveryStatusChanged,
+    ContactOptedOut,
+    ContactOptedIn,
+    HandoffRequested,
+    ConversationHandedOff,
+    ConversationReturnedToBot,
+    ConversationClosed,
+    ConversationReopened,
+    OutboundMessageRequested,
+)
+"""`ConversationEvent` as a tuple, for `isinstance` and for the event registry."""

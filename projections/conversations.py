@@ -279,10 +279,5 @@ def _fact(event: Message) -> tuple[str, str | None] | None:
 
 
 _RELEVANT: Final = frozenset(
-    {
-        "ConversationStarted", "InboundMessageReceived", "OutboundMessageRequested",
-        "DeliveryStatusChanged", "ContactOptedOut", "ContactOptedIn", "HandoffRequested",
-        "ConversationHandedOff", "ConversationReturnedToBot", "ConversationClosed",
-        "ConversationReopened", "CommandRejected",
-    }
-)  # fmt: skip
+    {"CommandRejected", *(model.model_fields["type"].default for model in ev.CONVERSATION_EVENTS)}
+)

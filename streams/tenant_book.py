@@ -20,6 +20,7 @@ from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
 from commands.tenant import RegisterTenant, TenantProfile, decide_registration, evolve_registration
 from events.catalog import EVENT_REGISTRY
 from events.chain import GENESIS, ChainHead, head_of
+from events.conversation import CONVERSATION_EVENTS
 from events.envelope import CommandEnvelope, EventDraft, EventEnvelope, trusted
 from events.platform import CommandRejected
 from events.registry import Message
@@ -132,7 +133,7 @@ class TenantBook:
             self.recent_commands.popitem(last=False)
         if isinstance(event, TenantRegistered):
             self.profile = evolve_registration(event)
-        elif isinstance(event, conv.CONVERSATION_EVENTS):
+        elif isinstance(event, CONVERSATION_EVENTS):
             current = self.conversations.get(event.conversation_id)
             current = current or conv.Conversation(event.conversation_id)
             self.conversations[event.conversation_id] = conv.evolve(current, event)
