@@ -79,6 +79,10 @@ async def project(
     ]
     names = [projection.name for projection in projections]
     async with conn.transaction():
+        # Read models and their checkpoints commit together, so a commit lost in a database
+        # crash loses both and the batch is projected again from the log: nothing here needs
+        # to wait for its WAL flush (the archive, a copy of the log, still does).
+        await conn.execute("SET LOCAL synchronous_commit = off")
         starts = await checkpoints.next_offsets(conn, names, tp.topic, tp.partition, lock=True)
         seqs = await checkpoints.tenant_seqs(conn, names, {e.tenant_id for e in envelopes})
         applied: checkpoints.TenantSeqs = {}

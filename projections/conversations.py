@@ -19,7 +19,7 @@ import orjson
 
 from events import conversation as ev
 from events.catalog import EVENT_REGISTRY
-from events.envelope import EventEnvelope
+from events.envelope import EventEnvelope, wire_bytes
 from events.platform import CommandRejected
 from events.registry import Message
 from projections.database import Conn
@@ -132,8 +132,11 @@ async def apply_batch(conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
             continue
         event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
         rows = planned.setdefault(envelope.tenant_id, {})
+        clean = not _may_hold_nul(envelope)
         for statement, row in _plan(envelope, event):
-            rows.setdefault(statement, []).append(tuple(_storable(value) for value in row))
+            rows.setdefault(statement, []).append(
+                row if clean else tuple(_storable(value) for value in row)
+            )
     if not planned:
         return
     await conn.execute("SELECT set_config('role', $1, true)", PROJECTOR_ROLE)
@@ -204,6 +207,13 @@ async def _messages(conn: Conn, tenant: UUID, rows: list[Row]) -> None:
         )
 
 
+def _may_hold_nul(envelope: EventEnvelope) -> bool:
+    """False when no string of the event can hold a NUL: its JSON has no escaped one (JSON
+    cannot carry a raw NUL). One search of the record's bytes instead of a look at every value."""
+    wire = wire_bytes(envelope)
+    return wire is None or b"\\u0000" in wire
+
+
 def _storable(value: object) -> object:
     """PostgreSQL text and jsonb refuse NUL, which a customer or an operator can send: it becomes
     U+FFFD here, or one such message would stop its whole partition (every tenant on it)."""
@@ -257,10 +267,12 @@ def _plan(envelope: EventEnvelope, event: Message) -> list[tuple[str, Row]]:
         cid = UUID(getattr(event, "conversation_id"))  # noqa: B009 - facts are conversation events
         out.append((_FACT, (tenant, envelope.event_id, cid, at, *fact)))
     if isinstance(event, CommandRejected):
-        outcome: Row = ("rejected", event.command_type, event.reason_code, event.reason)
-    else:
+        if event.command_type not in _WEBHOOK_COMMANDS:
+            outcome: Row = ("rejected", event.command_type, event.reason_code, event.reason)
+            out.append((_RESULT, (tenant, envelope.causation_id, *outcome, seq, at)))
+    elif envelope.type not in _WEBHOOK_EVENTS:
         outcome = ("accepted", None, None, None)
-    out.append((_RESULT, (tenant, envelope.causation_id, *outcome, seq, at)))
+        out.append((_RESULT, (tenant, envelope.causation_id, *outcome, seq, at)))
     return out
 
 
@@ -277,6 +289,17 @@ def _fact(event: Message) -> tuple[str, str | None] | None:
             return "failed", event.error_code
     return None
 
+
+# `command_results` is for callers that wait on their command (`?wait=true`): the commands that
+# arrive by webhook (and their events, most of the log) have none, so they record no result.
+_WEBHOOK_COMMANDS: Final = frozenset({"ReceiveInboundMessage", "RecordDeliveryStatus"})
+_WEBHOOK_EVENTS: Final = frozenset(
+    model.model_fields["type"].default
+    for model in (
+        ev.ConversationStarted, ev.ConversationReopened, ev.InboundMessageReceived,
+        ev.ContactOptedOut, ev.ContactOptedIn, ev.DeliveryStatusChanged,
+    )
+)  # fmt: skip
 
 _RELEVANT: Final = frozenset(
     {"CommandRejected", *(model.model_fields["type"].default for model in ev.CONVERSATION_EVENTS)}

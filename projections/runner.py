@@ -19,14 +19,20 @@ projections, whose positions live in PostgreSQL next to their rows (see `project
   would then skip. Its end is the fetch response's high watermark, never `end_offsets()`, which
   the development broker gets wrong (ADR 0006).
 - A lost database connection is not a poison: the runner raises and its process exits.
+- The partitions of one fetch are projected at once, each on a connection of its own from a few
+  (`connections`): while PostgreSQL writes one partition's batch, Python decodes the next, and
+  the database works on both cores. A partition is never in two batches at once (the next fetch
+  waits for every batch of this one), so each partition's order holds; the partitions share no
+  rows (the tenant is the partition key), so their transactions do not wait on each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -87,9 +93,12 @@ async def run_projector(
     batch_max: int = 1000,
     retry_after_s: float = 5.0,
     drain_s: float = 5.0,
+    connections: int = 4,
 ) -> None:
     """Project `topic` into PostgreSQL until `stop` is set."""
-    conn = await connect(database_url)
+    if connections < 1:
+        raise ValueError("the projector needs at least one database connection")
+    conns: list[Conn] = []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=None,
@@ -97,14 +106,14 @@ async def run_projector(
         auto_offset_reset="earliest",
     )
     try:
+        for _ in range(connections):
+            conns.append(await connect(database_url))
         await consumer.start()
-        runner = _Runner(conn, consumer, tuple(projections), topic, retry_after_s)
+        runner = _Runner(_Connections(conns), consumer, tuple(projections), topic, retry_after_s)
         await runner.assign()
         while not stop.is_set():
             await runner.resume_due()
-            batch = await _fetch(consumer, batch_max)
-            for tp, records in batch.items():
-                await runner.project(tp, records)
+            await runner.project_all(await _fetch(consumer, batch_max))
             await runner.check_log_ends()
         # Drain: `zapflow up` stops the projector last, after the decider, so what is in the
         # log now is all there will be; archive it before the in-memory dev broker goes away.
@@ -113,11 +122,28 @@ async def run_projector(
             batch = await _fetch(consumer, batch_max)
             if not batch:
                 break
-            for tp, records in batch.items():
-                await runner.project(tp, records)
+            await runner.project_all(batch)
     finally:
         await consumer.stop()
-        await conn.close()
+        for conn in conns:
+            await conn.close()
+
+
+class _Connections:
+    """A fixed set of connections, each lent to one task at a time."""
+
+    def __init__(self, conns: Sequence[Conn]) -> None:
+        self._free: asyncio.Queue[Conn] = asyncio.Queue()
+        for conn in conns:
+            self._free.put_nowait(conn)
+
+    @contextlib.asynccontextmanager
+    async def lend(self) -> AsyncIterator[Conn]:
+        conn = await self._free.get()
+        try:
+            yield conn
+        finally:
+            self._free.put_nowait(conn)
 
 
 async def _fetch(consumer: AIOKafkaConsumer, batch_max: int) -> dict[TopicPartition, list[Record]]:
@@ -145,7 +171,7 @@ async def _fetch(consumer: AIOKafkaConsumer, batch_max: int) -> dict[TopicPartit
 class _Runner:
     """Which partitions run, where each was sent, and when a stopped one is retried."""
 
-    conn: Conn
+    conns: _Connections
     consumer: AIOKafkaConsumer
     projections: tuple[Projection, ...]
     topic: str
@@ -170,14 +196,16 @@ class _Runner:
         for tp in assigned:
             await self._seek_to_checkpoint(tp)
         positions = checkpoint_names(self.projections)
-        stopped = await status.stopped_offsets(self.conn, positions, self.topic)
+        async with self.conns.lend() as conn:
+            stopped = await status.stopped_offsets(conn, positions, self.topic)
         self.recorded = {tp: stopped[tp.partition] for tp in assigned if tp.partition in stopped}
         names = [projection.name for projection in self.projections]
         log.info("projecting %s (%d partitions) into %s", self.topic, len(assigned), names)
 
     async def _seek_to_checkpoint(self, tp: TopicPartition) -> None:
         names = checkpoint_names(self.projections)
-        offsets = await checkpoints.next_offsets(self.conn, names, tp.topic, tp.partition)
+        async with self.conns.lend() as conn:
+            offsets = await checkpoints.next_offsets(conn, names, tp.topic, tp.partition)
         offset = min(offsets.values(), default=0)
         self.consumer.seek(tp, offset)
         if offset > 0:
@@ -214,10 +242,25 @@ class _Runner:
                 error = f"the log ends at offset {end}, before the checkpoint {offset}"
                 await self._record(tp, status.Stop(offset, error, attempt))
 
+    async def project_all(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        """Project each partition's records at once; the first failure (a lost connection)
+        cancels the others and is raised as itself."""
+        if len(batch) <= 1:
+            for tp, records in batch.items():
+                await self.project(tp, records)
+            return
+        try:
+            async with asyncio.TaskGroup() as group:
+                for tp, records in batch.items():
+                    group.create_task(self.project(tp, records))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+
     async def project(self, tp: TopicPartition, records: Sequence[Record]) -> None:
         if tp in self.resume_at or not records:
             return  # fetched before the partition was stopped: it will be read again
-        poison = await project_up_to_poison(self.conn, self.projections, tp, records)
+        async with self.conns.lend() as conn:
+            poison = await project_up_to_poison(conn, self.projections, tp, records)
         if poison is None:
             self.failures.pop(tp, None)
             await self._running(tp, records[-1].offset + 1)
@@ -254,7 +297,8 @@ class _Runner:
     async def _record(self, tp: TopicPartition, stop: status.Stop) -> None:
         """Make the stop visible to other processes (`zapflow projections status`)."""
         names = checkpoint_names(self.projections)
-        await status.record_stop(self.conn, names, tp.topic, tp.partition, stop)
+        async with self.conns.lend() as conn:
+            await status.record_stop(conn, names, tp.topic, tp.partition, stop)
         self.recorded[tp] = stop.offset
 
     async def _running(self, tp: TopicPartition, reached: int) -> None:
@@ -266,7 +310,8 @@ class _Runner:
         stopped = self.recorded.get(tp)
         if stopped is not None and reached >= stopped:
             names = checkpoint_names(self.projections)
-            await status.clear_stop(self.conn, names, tp.topic, tp.partition)
+            async with self.conns.lend() as conn:
+                await status.clear_stop(conn, names, tp.topic, tp.partition)
             del self.recorded[tp]
 
 
