@@ -22,9 +22,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.container import Container
-from projections import status
+from projections import status, versions
 from projections.batch import checkpoint_names
-from projections.runner import PROJECTIONS
 from streams import kafka
 from streams.topics import EVENTS
 
@@ -166,7 +165,8 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 async def _refresh_projector(container: Container, metrics: Metrics) -> None:
-    names = checkpoint_names(PROJECTIONS)
+    async with container.pool.acquire() as conn:
+        names = checkpoint_names(await versions.live(conn))
     consumer = kafka.groupless_consumer(
         container.config.bootstrap_servers, max_partition_fetch_bytes=64 * 1024
     )

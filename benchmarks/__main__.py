@@ -17,6 +17,8 @@ from benchmarks import projector_bench as pb
 from benchmarks.http_bench import CONCURRENCY, Load, run_http
 from benchmarks.infra import PARTITIONS, Infra, create_topic, infrastructure
 from benchmarks.pg_bench import ROWS_PER_TRANSACTION, upsert_rates
+from benchmarks.query_tenant import PAGE, QueryTenant, query_tenant
+from benchmarks.rebuild_bench import rebuild_run
 from benchmarks.report import Row, Samples, fmt, load_average, render, write
 from benchmarks.webhook_tenant import webhook_tenant
 
@@ -33,17 +35,22 @@ class Plan:
     pg_rows: int
     http_seconds: float
     http_rounds: int
+    rebuild_events: int
+    conversations: int
 
     def describe(self) -> str:
         return (
             f"{self.name}: {self.events:,} events and {self.pg_rows:,} rows per run, "
-            f"{self.repeats} run(s) each; HTTP {self.http_seconds:.0f} s per endpoint "
-            f"in {self.http_rounds} interleaved round(s), {CONCURRENCY} connections"
+            f"{self.repeats} run(s) each; rebuild of {self.rebuild_events:,} events; "
+            f"HTTP {self.http_seconds:.0f} s per endpoint in {self.http_rounds} interleaved "
+            f"round(s), {CONCURRENCY} connections, {self.conversations:,} conversations"
         )
 
 
-FULL = Plan("full run", events=50_000, repeats=3, pg_rows=100_000, http_seconds=8, http_rounds=3)
-QUICK = Plan("quick run", events=20_000, repeats=1, pg_rows=20_000, http_seconds=3, http_rounds=1)
+FULL = Plan("full run", events=50_000, repeats=3, pg_rows=100_000, http_seconds=8, http_rounds=3,
+            rebuild_events=1_000_000, conversations=100_000)  # fmt: skip
+QUICK = Plan("quick run", events=20_000, repeats=1, pg_rows=20_000, http_seconds=3, http_rounds=1,
+             rebuild_events=50_000, conversations=20_000)  # fmt: skip
 
 
 def _say(message: str) -> None:
@@ -191,6 +198,54 @@ async def _postgres(infra: Infra, plan: Plan) -> list[Row]:
     ]
 
 
+async def _rebuild(infra: Infra, plan: Plan) -> list[Row]:
+    _say(f"rebuild of {plan.rebuild_events:,} events (publishing them first)")
+    run = await rebuild_run(infra, plan.rebuild_events)
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in run.kinds.most_common())
+    return [
+        Row(
+            f"Rebuild: `zapflow projections rebuild conversations` over {run.events:,} events "
+            "(new version's schema, its own projector from offset 0, caught up, swap)",
+            run.ours.per_s,
+            run.baseline.per_s,
+            "events/s",
+            "higher",
+            f"ours: {run.events:,} events in {run.ours.seconds:,.1f} s, version "
+            f"{run.version} swapped in; baseline: raw asyncpg `executemany` of the same "
+            f"read-model rows (no archive: a rebuild does not write one) for the first "
+            f"{run.baseline.commands:,} of those events, into copies of the tables; events: "
+            f"{kinds}; one run (publishing the log took {run.publish_s:,.0f} s)",
+        )
+    ]
+
+
+def _query_rows(loads: dict[str, Load], seeded: QueryTenant) -> list[Row]:
+    ours, bare = loads["conversations"], loads["conversations_bare"]
+    where = (
+        f"{seeded.conversations:,} conversations of the tenant, {seeded.in_table:,} in the table"
+    )
+    return [
+        Row(
+            f"Query API: `GET /v1/conversations?limit={PAGE}` latency p99 ({where})",
+            ours.percentile_ms(0.99),
+            bare.percentile_ms(0.99),
+            "ms",
+            "lower",
+            "baseline: bare FastAPI GET running the same SELECT on a plain pool (no API key, "
+            f"no role switch or RLS, no cursor, no response model); ours: {ours.summary()}; "
+            f"baseline: {bare.summary()}",
+        ),
+        Row(
+            f"Query API: `GET /v1/conversations?limit={PAGE}` throughput ({where})",
+            ours.rps,
+            bare.rps,
+            "req/s",
+            "higher",
+            "same endpoints as the row above",
+        ),
+    ]
+
+
 def _http_rows(loads: dict[str, Load]) -> list[Row]:
     form, produce, get, healthz = (loads[k] for k in ("form", "form_produce", "get", "healthz"))
     webhook = loads["webhook"]
@@ -269,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += asyncio.run(_projector(infra, plan))
         topic = asyncio.run(create_topic(infra, "http-ingest"))
         tenant = asyncio.run(webhook_tenant(infra.database_url))
+        _say(f"seeding {plan.conversations:,} conversations for the query API")
+        seeded = asyncio.run(query_tenant(infra.database_url, plan.conversations))
         _say("HTTP (uvicorn and load generator subprocesses)")
         loads = run_http(
             infra.bootstrap_servers,
@@ -279,8 +336,12 @@ def main(argv: list[str] | None = None) -> int:
             plan.http_rounds,
             tenant.target,
             tenant.secret_key,
+            (seeded.ours, seeded.bare),
         )
         rows += _http_rows(loads)
+        rows += _query_rows(loads, seeded)
+        # Last: it swaps in a new version, which the scenarios above do not expect.
+        rows += asyncio.run(_rebuild(infra, plan))
         services = [
             ("Broker", infra.broker),
             ("PostgreSQL", infra.postgres),

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -55,11 +55,16 @@ def _envelope(tenant: uuid.UUID, body: Message, n: int) -> CommandEnvelope:
 
 def bench_commands(count: int, fresh_tenants: bool = False) -> list[CommandEnvelope]:
     """One registration per tenant, then `count` inbound messages spread over the tenants."""
+    return list(command_stream(count, fresh_tenants))
+
+
+def command_stream(count: int, fresh_tenants: bool = False) -> Iterator[CommandEnvelope]:
+    """`bench_commands`, one at a time (for runs too large to hold in memory)."""
     if fresh_tenants:
         tenants = [uuid.uuid4() for _ in range(TENANTS)]
     else:
         tenants = [uuid.UUID(int=(0xDEC1 << 112) + n) for n in range(TENANTS)]
-    out = [
+    yield from (
         _envelope(
             tenant,
             RegisterTenant(
@@ -72,7 +77,7 @@ def bench_commands(count: int, fresh_tenants: bool = False) -> list[CommandEnvel
             -1,
         )
         for n, tenant in enumerate(tenants)
-    ]
+    )
     for n in range(count):
         tenant = tenants[n % TENANTS]
         contact = f"whatsapp:+551190000{(n // TENANTS) % CONVERSATIONS_PER_TENANT:04d}"
@@ -80,8 +85,7 @@ def bench_commands(count: int, fresh_tenants: bool = False) -> list[CommandEnvel
             message_sid=f"SM{n:032x}", account_sid=ACCOUNT, contact=contact, sender=SENDER,
             body=f"Olá, quero marcar uma consulta ({n})",
         )  # fmt: skip
-        out.append(_envelope(tenant, inbound, n))
-    return out
+        yield _envelope(tenant, inbound, n)
 
 
 async def produce_commands(infra: Infra, count: int) -> tuple[str, int]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import os
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request, Response
@@ -32,11 +34,20 @@ async def _bare_lifespan(app: FastAPI) -> AsyncIterator[None]:
         await producer.start()
     app.state.producer = producer
     app.state.topic = os.environ.get(ENV_TOPIC, "bench.http")
+    database_url = os.environ.get(ENV_DATABASE_URL)
+    pool = None
+    if database_url:
+        pool = await asyncpg.create_pool(  # as the API's pool: no statement cache
+            database_url, min_size=1, max_size=10, statement_cache_size=0
+        )
+    app.state.pool = pool
     try:
         yield
     finally:
         if producer is not None:
             await producer.stop()
+        if pool is not None:
+            await pool.close()
 
 
 bare_app = FastAPI(lifespan=_bare_lifespan, openapi_url=None, docs_url=None, redoc_url=None)
@@ -73,6 +84,27 @@ async def form_produce(request: Request) -> Response:
     )
     await future
     return Response(TWIML_EMPTY, media_type="application/xml")
+
+
+_PAGE_SQL: Final = """
+SELECT conversation_id, contact, sender, state, owner, opted_out, window_open_until,
+       last_message_at, last_message_preview, unread_count, started_at, updated_at
+FROM conversations WHERE tenant_id = $1
+ORDER BY updated_at DESC, conversation_id DESC LIMIT $2
+"""
+
+
+@bare_app.get("/conversations/{tenant_id}")
+async def conversations(request: Request, tenant_id: uuid.UUID, limit: int = 50) -> Response:
+    """The bare counterpart of `GET /v1/conversations`: the same SELECT on a plain pool (no
+    key, no role, no row-level security, no cursor, no response model)."""
+    pool: asyncpg.Pool = request.app.state.pool
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_PAGE_SQL, tenant_id, limit + 1)
+    items = [dict(row) for row in rows[:limit]]
+    # `default=str`: asyncpg's UUID subclass is not one orjson serialises natively.
+    body = orjson.dumps({"items": items}, default=str)
+    return Response(body, media_type="application/json")
 
 
 def zapflow_app() -> FastAPI:

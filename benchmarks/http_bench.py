@@ -108,12 +108,14 @@ def run_http(
     rounds: int,
     webhook: Target,
     secret_key: str,
+    extra: tuple[Target, ...] = (),
 ) -> dict[str, Load]:
     """Load every target for `seconds` in total, split into `rounds` interleaved rounds."""
-    bare_env = {ENV_BOOTSTRAP: bootstrap_servers, ENV_TOPIC: topic}
+    bare_env = {ENV_BOOTSTRAP: bootstrap_servers, ENV_TOPIC: topic,
+                ENV_DATABASE_URL: database_url}  # fmt: skip
     ours_env = {ENV_BOOTSTRAP: bootstrap_servers, ENV_DATABASE_URL: database_url,
                 ENV_SECRET_KEY: secret_key}  # fmt: skip
-    targets = (*TARGETS, webhook)
+    targets = (*TARGETS, webhook, *extra)
     loads = {target.key: Load() for target in targets}
     with ExitStack() as stack:
         ports = {

@@ -16,6 +16,7 @@ import base64
 import gc
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Final
 from uuid import UUID
@@ -23,7 +24,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from benchmarks.decider_bench import TENANTS, Rate, bench_commands
+from benchmarks.decider_bench import TENANTS, Rate, command_stream
 from benchmarks.infra import Infra, create_topic
 from events.chain import seal
 from events.envelope import EventEnvelope, encode_event
@@ -41,16 +42,25 @@ _SCRATCH: Final = "bench_projector_baseline"
 
 def decided_events(count: int) -> list[EventEnvelope]:
     """The sealed events of `count` inbound commands (plus registrations), fresh tenants."""
+    return [event for chunk in decided_chunks(count, count + TENANTS) for event in chunk]
+
+
+def decided_chunks(count: int, chunk: int) -> Iterator[list[EventEnvelope]]:
+    """`decided_events`, about `chunk` commands' events at a time."""
     books: dict[object, TenantBook] = {}
     out: list[EventEnvelope] = []
     now = datetime.now(UTC)
-    for command in bench_commands(count, fresh_tenants=True):
+    for command in command_stream(count, fresh_tenants=True):
         book = books.setdefault(command.tenant_id, TenantBook(command.tenant_id))
         for draft, event in book.decide(command, now):
             envelope = seal(draft, book.head)
             book.record(envelope, event)
             out.append(envelope)
-    return out
+        if len(out) >= chunk:
+            yield out
+            out = []
+    if out:
+        yield out
 
 
 async def _publish(infra: Infra, events: list[EventEnvelope]) -> tuple[str, Counter[int]]:
@@ -179,10 +189,13 @@ def _same_rows(events: list[EventEnvelope]) -> list[dict[str, list[tuple[object,
     return chunks
 
 
-async def same_rows_rate(database_url: str, events: list[EventEnvelope]) -> Rate:
+async def same_rows_rate(
+    database_url: str, events: list[EventEnvelope], archive: bool = True
+) -> Rate:
     """Raw `executemany` of the rows the projector writes, into copies of its tables with their
     indexes (the full-text one included) but without row-level security, role switches,
-    decoding, checkpoints or per-tenant batching; 1,000 events per transaction."""
+    decoding, checkpoints or per-tenant batching; 1,000 events per transaction. Without
+    `archive`, the read models' rows only (what a rebuild writes)."""
     chunks = _same_rows(events)
     conn = await asyncpg.connect(database_url)
     try:
@@ -192,7 +205,7 @@ async def same_rows_rate(database_url: str, events: list[EventEnvelope]) -> Rate
         for rows in chunks:
             async with conn.transaction():
                 for name, sql in _SAME_ROWS_SQL.items():
-                    if rows[name]:
+                    if rows[name] and (archive or name != "event_archive"):
                         await conn.executemany(sql, rows[name])
         elapsed = time.perf_counter() - started
         for table in _SAME_ROWS_TABLES:

@@ -8,13 +8,15 @@ the sequences are recorded and the checkpoints move to the batch's last offset +
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
 
 from events.envelope import EventEnvelope, decode_event
-from projections import archive, checkpoints
+from projections import archive as archive_module
+from projections import checkpoints
 from projections.database import Conn
 
 log = logging.getLogger("zapflow.projector")
@@ -48,8 +50,33 @@ class Poison(Exception):
         self.envelope = envelope
 
 
+@dataclass(frozen=True, slots=True)
+class ModuleProjection:
+    """A projection module (`NAME` and `apply`) as a `Projection`."""
+
+    name: str
+    apply_event: Callable[[Conn, EventEnvelope], Awaitable[None]] = field(repr=False)
+    apply_events: Callable[[Conn, Sequence[EventEnvelope]], Awaitable[None]] | None = field(
+        default=None, repr=False
+    )
+
+    async def apply(self, conn: Conn, envelope: EventEnvelope) -> None:
+        await self.apply_event(conn, envelope)
+
+    async def apply_batch(self, conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
+        if self.apply_events is None:
+            for envelope in envelopes:
+                await self.apply_event(conn, envelope)
+        else:
+            await self.apply_events(conn, envelopes)
+
+
 async def project_up_to_poison(
-    conn: Conn, projections: Sequence[Projection], tp: TopicPartition, records: Sequence[Record]
+    conn: Conn,
+    projections: Sequence[Projection],
+    tp: TopicPartition,
+    records: Sequence[Record],
+    archive: bool = True,
 ) -> Poison | None:
     """Project `records`, or, when one is poison, those before it; returns that poison.
 
@@ -57,22 +84,29 @@ async def project_up_to_poison(
     in a transaction of their own, so the checkpoint ends exactly at the poison.
     """
     try:
-        await project(conn, projections, tp, records)
+        await project(conn, projections, tp, records, archive)
     except Poison as poison:
         if conn.is_closed():
             raise ConnectionError("lost the database connection") from poison.__cause__
         if poison.index == 0:
             return poison
-        return await project_up_to_poison(conn, projections, tp, records[: poison.index]) or poison
+        before = records[: poison.index]
+        return await project_up_to_poison(conn, projections, tp, before, archive) or poison
     return None
 
 
 async def project(
-    conn: Conn, projections: Sequence[Projection], tp: TopicPartition, records: Sequence[Record]
+    conn: Conn,
+    projections: Sequence[Projection],
+    tp: TopicPartition,
+    records: Sequence[Record],
+    archive: bool = True,
 ) -> None:
-    """Project `records` of one partition, all or nothing; raises `Poison` at the first failure."""
+    """Project `records` of one partition, all or nothing; raises `Poison` at the first failure.
+    With `archive`, they are archived first (the live projector; a rebuild does not)."""
     decoded = [_decoded_or_none(record) for record in records]  # once, for both uses
-    await archive_records(conn, tp, records, decoded)
+    if archive:
+        await archive_records(conn, tp, records, decoded)
     envelopes = [
         _decode(index, record, e)
         for index, (record, e) in enumerate(zip(records, decoded, strict=True))
@@ -139,20 +173,22 @@ async def archive_records(
     """
     async with conn.transaction():
         (start,) = (
-            await checkpoints.next_offsets(conn, [archive.NAME], tp.topic, tp.partition, lock=True)
+            await checkpoints.next_offsets(
+                conn, [archive_module.NAME], tp.topic, tp.partition, lock=True
+            )
         ).values()
         if decoded is None:
             decoded = [_decoded_or_none(r) for r in records]
         fresh = [(r, e) for r, e in zip(records, decoded, strict=True) if r.offset >= start]
         if not fresh:
             return
-        await archive.store(
+        await archive_module.store(
             conn, tp.topic, tp.partition,
             [(r.offset, r.key, r.value, r.headers, r.timestamp) for r, _ in fresh],
             [e for _, e in fresh],
         )  # fmt: skip
         await checkpoints.save_next_offset(
-            conn, [archive.NAME], tp.topic, tp.partition, fresh[-1][0].offset + 1
+            conn, [archive_module.NAME], tp.topic, tp.partition, fresh[-1][0].offset + 1
         )
 
 
@@ -163,9 +199,9 @@ def _decoded_or_none(record: Record) -> EventEnvelope | None:
         return None
 
 
-def checkpoint_names(projections: Sequence[Projection]) -> list[str]:
+def checkpoint_names(projections: Sequence[Projection], archive: bool = True) -> list[str]:
     """Every position the projector keeps per partition: the archive's and each projection's."""
-    return [archive.NAME, *(projection.name for projection in projections)]
+    return [archive_module.NAME] * archive + [projection.name for projection in projections]
 
 
 def _decode(index: int, record: Record, decoded: EventEnvelope | None) -> EventEnvelope:

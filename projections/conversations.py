@@ -25,6 +25,8 @@ from events.registry import Message
 from projections.database import Conn
 
 NAME: Final = "conversations"
+TABLES: Final = ("conversations", "messages", "contacts", "command_results", "conversation_facts")
+"""The tables of one version (`projections.versions`; schema file schemas/projections/)."""
 PROJECTOR_ROLE: Final = "zapflow_projector"
 PREVIEW_CHARS: Final = 200
 STATUS_ORDER: Final = ("queued", "sending", "sent", "delivered", "read")
@@ -114,17 +116,40 @@ _PHASES: Final = (_START, _CONTACT_SEEN, _MESSAGE, _STATUS, _STATE, _OPT, _FACT,
 type Row = tuple[object, ...]
 
 
-async def apply(conn: Conn, envelope: EventEnvelope) -> None:
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    """The projection that maintains one version, whose tables are in `schema`; its positions
+    are named after the version (version 1 keeps the plain name it always had)."""
+
+    version: int
+    schema: str
+
+    @property
+    def name(self) -> str:
+        return NAME if self.version == 1 else f"{NAME}_v{self.version}"
+
+    async def apply(self, conn: Conn, envelope: EventEnvelope) -> None:
+        await apply_batch(conn, [envelope], self.schema)
+
+    async def apply_batch(self, conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
+        await apply_batch(conn, envelopes, self.schema)
+
+
+async def apply(conn: Conn, envelope: EventEnvelope, schema: str = "public") -> None:
     """Project one event (see `apply_batch`)."""
-    await apply_batch(conn, [envelope])
+    await apply_batch(conn, [envelope], schema)
 
 
-async def apply_batch(conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
-    """Project events in log order, inside the caller's transaction, as the projector role.
+async def apply_batch(
+    conn: Conn, envelopes: Sequence[EventEnvelope], schema: str = "public"
+) -> None:
+    """Project events in log order, inside the caller's transaction, as the projector role,
+    into the tables of `schema` (one version of the read models).
 
     One statement per kind and tenant (messages and results as arrays, the rarer kinds with
     `executemany`): a batch of a thousand events is a few dozen round trips, not thousands.
-    Row-level security checks every row against the tenant set.
+    Row-level security checks every row against the tenant set. The role and the search path
+    are the caller's again afterwards (the runner writes its positions in the same transaction).
     """
     planned: dict[UUID, dict[str, list[Row]]] = {}
     for envelope in envelopes:
@@ -139,7 +164,11 @@ async def apply_batch(conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
             )
     if not planned:
         return
-    await conn.execute("SELECT set_config('role', $1, true)", PROJECTOR_ROLE)
+    path = await conn.fetchval(  # the target list is evaluated in order: the old path first
+        "SELECT current_setting('search_path'), set_config('role', $1, true),"
+        " set_config('search_path', $2, true)",
+        PROJECTOR_ROLE, schema,
+    )  # fmt: skip
     for tenant, rows in planned.items():
         await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
         for statement in _PHASES:
@@ -151,7 +180,9 @@ async def apply_batch(conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
                 await conn.execute(statement, tenant, *_columns(rows[statement], skip=1))
             else:
                 await conn.executemany(statement, rows[statement])
-    await conn.execute("RESET ROLE")
+    await conn.execute(
+        "SELECT set_config('role', 'none', true), set_config('search_path', $1, true)", path
+    )
 
 
 def _columns(rows: list[Row], skip: int = 0) -> list[list[object]]:

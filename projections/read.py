@@ -35,11 +35,18 @@ async def tenant_scope(pool: asyncpg.Pool, tenant_id: UUID) -> AsyncIterator[Con
     """A connection in a read-only transaction that sees `tenant_id`'s rows only."""
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         # UTC too: day boundaries (`::date`) must not depend on the server's or role's TimeZone.
-        await conn.execute(
-            "SELECT set_config('app.tenant_id', $1, true), set_config('TimeZone', 'UTC', true)",
-            str(tenant_id),
-        )
+        # The search path is the active version's schema (`projections.versions`), read in the
+        # same statement: the whole transaction reads one version, even across a swap.
+        await conn.execute(_ENTER, str(tenant_id))
         yield conn
+
+
+_ENTER: Final = """
+SELECT set_config('app.tenant_id', $1, true), set_config('TimeZone', 'UTC', true),
+       set_config('search_path', coalesce((SELECT schema_name FROM projection_versions
+                                           WHERE projection = 'conversations'
+                                             AND state = 'active'), 'public'), true)
+"""
 
 
 def encode_cursor(*values: object) -> str:

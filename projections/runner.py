@@ -32,45 +32,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from events.envelope import HEADER_ID, EventEnvelope, header
+from events.envelope import HEADER_ID, header
 from projections import checkpoints, conversations, status, tenants
-from projections.batch import Projection, Record, checkpoint_names, project_up_to_poison
+from projections.batch import (
+    ModuleProjection,
+    Projection,
+    Record,
+    checkpoint_names,
+    project_up_to_poison,
+)
 from projections.database import Conn, connect
 
 __all__ = ["PROJECTIONS", "MissingTopic", "ModuleProjection", "Projection", "run_projector"]
 
 
-@dataclass(frozen=True, slots=True)
-class ModuleProjection:
-    """A projection module (`NAME` and `apply`) as a `Projection`."""
-
-    name: str
-    apply_event: Callable[[Conn, EventEnvelope], Awaitable[None]] = field(repr=False)
-    apply_events: Callable[[Conn, Sequence[EventEnvelope]], Awaitable[None]] | None = field(
-        default=None, repr=False
-    )
-
-    async def apply(self, conn: Conn, envelope: EventEnvelope) -> None:
-        await self.apply_event(conn, envelope)
-
-    async def apply_batch(self, conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
-        if self.apply_events is None:
-            for envelope in envelopes:
-                await self.apply_event(conn, envelope)
-        else:
-            await self.apply_events(conn, envelopes)
-
-
 PROJECTIONS: Final[tuple[Projection, ...]] = (
-    ModuleProjection(tenants.NAME, tenants.apply),
-    ModuleProjection(conversations.NAME, conversations.apply, conversations.apply_batch),
+    tenants.PROJECTION,
+    conversations.Versioned(1, "public"),
 )
+"""What a freshly migrated database's live projector maintains (version 1 of each)."""
 
 _MAX_RETRY_S: Final = 300.0
 _POLL_MS: Final = 200
@@ -88,14 +74,21 @@ async def run_projector(
     bootstrap_servers: str,
     database_url: str,
     stop: asyncio.Event,
-    projections: Sequence[Projection] = PROJECTIONS,
+    projections: Sequence[Projection] | None = None,
     topic: str = "zapflow.events",
     batch_max: int = 1000,
     retry_after_s: float = 5.0,
     drain_s: float = 5.0,
     connections: int = 4,
+    archive: bool = True,
+    refresh_s: float = 1.0,
 ) -> None:
-    """Project `topic` into PostgreSQL until `stop` is set."""
+    """Project `topic` into PostgreSQL until `stop` is set.
+
+    Without `projections`, the live ones (`projections.versions.live`: the active version of
+    each), looked up again every `refresh_s` between fetches so that a rebuilt version swapped
+    in is kept current from its own positions. With `archive`, every record is archived too.
+    """
     if connections < 1:
         raise ValueError("the projector needs at least one database connection")
     conns: list[Conn] = []
@@ -109,9 +102,17 @@ async def run_projector(
         for _ in range(connections):
             conns.append(await connect(database_url))
         await consumer.start()
-        runner = _Runner(_Connections(conns), consumer, tuple(projections), topic, retry_after_s)
+        pool = _Connections(conns)
+        live = projections is None
+        chosen = tuple(projections) if projections is not None else await _live(pool)
+        runner = _Runner(pool, consumer, chosen, topic, retry_after_s, archive)
         await runner.assign()
+        loop = asyncio.get_running_loop()
+        looked = loop.time()
         while not stop.is_set():
+            if live and loop.time() - looked >= refresh_s:
+                await runner.switch_to(await _live(pool))
+                looked = loop.time()
             await runner.resume_due()
             await runner.project_all(await _fetch(consumer, batch_max))
             await runner.check_log_ends()
@@ -127,6 +128,13 @@ async def run_projector(
         await consumer.stop()
         for conn in conns:
             await conn.close()
+
+
+async def _live(pool: _Connections) -> tuple[Projection, ...]:
+    from projections import versions  # it builds projections from this package's modules
+
+    async with pool.lend() as conn:
+        return await versions.live(conn)
 
 
 class _Connections:
@@ -176,6 +184,7 @@ class _Runner:
     projections: tuple[Projection, ...]
     topic: str
     retry_after_s: float
+    archive: bool
     failures: dict[TopicPartition, int] = field(default_factory=dict)
     resume_at: dict[TopicPartition, float] = field(default_factory=dict)
     sought: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
@@ -195,15 +204,29 @@ class _Runner:
         self.consumer.assign(assigned)
         for tp in assigned:
             await self._seek_to_checkpoint(tp)
-        positions = checkpoint_names(self.projections)
+        positions = checkpoint_names(self.projections, self.archive)
         async with self.conns.lend() as conn:
             stopped = await status.stopped_offsets(conn, positions, self.topic)
         self.recorded = {tp: stopped[tp.partition] for tp in assigned if tp.partition in stopped}
         names = [projection.name for projection in self.projections]
         log.info("projecting %s (%d partitions) into %s", self.topic, len(assigned), names)
 
+    async def switch_to(self, projections: tuple[Projection, ...]) -> None:
+        """Maintain `projections` from now on, each from its own positions (a version swapped
+        in by a rebuild); records already fetched for the old ones are read again."""
+        if [p.name for p in projections] == [p.name for p in self.projections]:
+            return
+        log.info(
+            "now projecting %s (was %s)",
+            [p.name for p in projections], [p.name for p in self.projections],
+        )  # fmt: skip
+        self.projections = projections
+        for tp in self.consumer.assignment():
+            if tp not in self.resume_at:  # a stopped partition seeks when it is retried
+                await self._seek_to_checkpoint(tp)
+
     async def _seek_to_checkpoint(self, tp: TopicPartition) -> None:
-        names = checkpoint_names(self.projections)
+        names = checkpoint_names(self.projections, self.archive)
         async with self.conns.lend() as conn:
             offsets = await checkpoints.next_offsets(conn, names, tp.topic, tp.partition)
         offset = min(offsets.values(), default=0)
@@ -260,7 +283,7 @@ class _Runner:
         if tp in self.resume_at or not records:
             return  # fetched before the partition was stopped: it will be read again
         async with self.conns.lend() as conn:
-            poison = await project_up_to_poison(conn, self.projections, tp, records)
+            poison = await project_up_to_poison(conn, self.projections, tp, records, self.archive)
         if poison is None:
             self.failures.pop(tp, None)
             await self._running(tp, records[-1].offset + 1)
@@ -296,7 +319,7 @@ class _Runner:
 
     async def _record(self, tp: TopicPartition, stop: status.Stop) -> None:
         """Make the stop visible to other processes (`zapflow projections status`)."""
-        names = checkpoint_names(self.projections)
+        names = checkpoint_names(self.projections, self.archive)
         async with self.conns.lend() as conn:
             await status.record_stop(conn, names, tp.topic, tp.partition, stop)
         self.recorded[tp] = stop.offset
@@ -309,7 +332,7 @@ class _Runner:
         """
         stopped = self.recorded.get(tp)
         if stopped is not None and reached >= stopped:
-            names = checkpoint_names(self.projections)
+            names = checkpoint_names(self.projections, self.archive)
             async with self.conns.lend() as conn:
                 await status.clear_stop(conn, names, tp.topic, tp.partition)
             del self.recorded[tp]

@@ -17,6 +17,7 @@ import asyncpg
 from events.catalog import EVENT_REGISTRY
 from events.envelope import EventEnvelope
 from events.tenant import TenantRegistered
+from projections.batch import ModuleProjection
 from projections.database import Conn
 
 NAME: Final = "tenant_directory"
@@ -114,3 +115,6 @@ def _record(row: asyncpg.Record) -> TenantRecord:
         senders=frozenset(row["senders"]),
         api_key_sha256=row["api_key_sha256"],
     )
+
+
+PROJECTION: Final = ModuleProjection(NAME, apply)

@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     projections_sub.add_parser(
         "status", help="lag and state per projection and partition; exit 1 if any is stopped"
     )
+    projections_sub.add_parser("versions", help="every version of each versioned projection")
+    rebuild = projections_sub.add_parser(
+        "rebuild",
+        help="fill a new version of NAME from offset 0 while the active one serves, then swap",
+    )
+    rebuild.add_argument("name", metavar="NAME", help="the projection (conversations)")
+    drop_old = projections_sub.add_parser(
+        "drop-old", help="drop the tables of retired versions (of NAME, or of every projection)"
+    )
+    drop_old.add_argument("name", metavar="NAME", nargs="?", help="the projection")
     schemas = sub.add_parser("schemas", help="JSON Schemas of events and commands")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
     export = schemas_sub.add_parser("export", help="write schemas/json from the code")
@@ -208,19 +218,62 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _projections(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.versions import RebuildRefused, UnknownProjection
     from zapflow.runtime import resolve
 
-    rows = asyncio.run(_projection_status(resolve(settings), settings.connect_timeout_s))
-    _print(rows)
-    return 1 if any(row.state == "stopped" for row in rows) else 0
+    endpoints = resolve(settings)
+    if args.projections_command == "status":
+        rows = asyncio.run(_projection_status(endpoints, settings.connect_timeout_s))
+        _print(rows)
+        return 1 if any(row.state == "stopped" for row in rows) else 0
+    try:
+        _print(asyncio.run(_projection_versions(args, endpoints, settings.connect_timeout_s)))
+    except (UnknownProjection, RebuildRefused) as exc:
+        print(f"zapflow: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UnknownProjection) else 1
+    return 0
+
+
+async def _projection_versions(
+    args: argparse.Namespace, endpoints: Endpoints, timeout_s: float
+) -> object:
+    """`versions`, `rebuild NAME` or `drop-old [NAME]`."""
+    from projections import versions
+    from projections.database import connect
+    from streams.topics import EVENTS
+    from zapflow.setup import check_broker, check_database
+
+    database_url = endpoints.database_url
+    await check_database(database_url, timeout_s)
+    if args.projections_command == "rebuild":
+        await check_broker(endpoints.bootstrap_servers, timeout_s)
+
+        def progress(done: int, total: int) -> None:
+            print(f"rebuild {args.name}: {done:,} of {total:,} records", file=sys.stderr)
+
+        rebuilt = await versions.rebuild(
+            endpoints.bootstrap_servers, database_url, args.name, EVENTS, progress
+        )
+        return {
+            "projection": rebuilt.projection, "version": rebuilt.version,
+            "schema": rebuilt.schema, "replaced": rebuilt.replaced,
+            "seconds": round(rebuilt.seconds, 3),
+            "next_offsets": {str(p): o for p, o in sorted(rebuilt.positions.items())},
+        }  # fmt: skip
+    conn = await connect(database_url, timeout_s)
+    try:
+        if args.projections_command == "drop-old":
+            return {"dropped": versions.describe(await versions.drop_old(conn, args.name))}
+        return versions.describe(await versions.versions(conn))
+    finally:
+        await conn.close()
 
 
 async def _projection_status(endpoints: Endpoints, timeout_s: float) -> list[PartitionStatus]:
     """Every projection's status on every partition of the event log, now."""
-    from projections import status
+    from projections import status, versions
     from projections.batch import checkpoint_names
     from projections.database import connect, redact
-    from projections.runner import PROJECTIONS
     from streams import kafka
     from streams.topics import EVENTS
     from zapflow.setup import check_broker, check_database
@@ -239,7 +292,8 @@ async def _projection_status(endpoints: Endpoints, timeout_s: float) -> list[Par
         if not partitions:
             problem = f"has no topic {EVENTS}; run `zapflow setup`"
             raise ConfigurationError("KAFKA_BOOTSTRAP_SERVERS", brokers, problem)
-        names = checkpoint_names(PROJECTIONS)
+        projections = (*await versions.live(conn), *await versions.building(conn))
+        names = checkpoint_names(projections)
         try:
             return await status.report(conn, consumer, EVENTS, partitions, names, timeout_s)
         except TimeoutError as exc:

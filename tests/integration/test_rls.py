@@ -2,7 +2,8 @@
 
 Every read-model table: the API role with tenant A set sees none of B's rows, with no tenant set
 sees nothing, and nobody can write a row of another tenant. Each check is shown to catch a leak
-when the table's protection is weakened.
+when the table's protection is weakened. All of it for the migrated version 1 and for a version
+a rebuild creates.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from projections import conversations, versions
 from projections.database import APP_ROLE, connect, with_user
 from projections.migrations import migrate
 
 pytestmark = pytest.mark.integration
 
-TABLES = ("conversations", "messages", "contacts", "command_results", "conversation_facts")
+TABLES = conversations.TABLES
 A, B = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
 AT = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
@@ -55,10 +57,26 @@ def _row(table: str, tenant: uuid.UUID, n: int) -> tuple[str, tuple[object, ...]
     return sql, (tenant, f"whatsapp:+55{n}", AT)
 
 
-@pytest.fixture
-async def owner(db: asyncpg.Connection) -> asyncpg.Connection:
-    """The migrating (superuser) connection, with two rows of each tenant in every table."""
+@pytest.fixture(params=["migrated", "rebuilt"])
+async def schema(request: pytest.FixtureRequest, db: asyncpg.Connection) -> str:
+    """Where the tables are: version 1 (the migrations') or a version a rebuild created from
+    schemas/projections/conversations.sql, which must be protected just the same."""
     await migrate(db)
+    if request.param == "migrated":
+        return "public"
+    return (await versions.begin(db, conversations.NAME)).schema
+
+
+async def _connect_app(database_url: str, schema: str) -> asyncpg.Connection:
+    conn = await connect(with_user(database_url, APP_ROLE))
+    await conn.execute("SELECT set_config('search_path', $1, false)", schema)
+    return conn
+
+
+@pytest.fixture
+async def owner(db: asyncpg.Connection, schema: str) -> asyncpg.Connection:
+    """The migrating (superuser) connection, with two rows of each tenant in every table."""
+    await db.execute("SELECT set_config('search_path', $1, false)", schema)
     for table in TABLES:
         for tenant in (A, B):
             for n in range(2):
@@ -68,8 +86,10 @@ async def owner(db: asyncpg.Connection) -> asyncpg.Connection:
 
 
 @pytest.fixture
-async def app(owner: asyncpg.Connection, database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await connect(with_user(database_url, APP_ROLE))
+async def app(
+    owner: asyncpg.Connection, database_url: str, schema: str
+) -> AsyncIterator[asyncpg.Connection]:
+    conn = await _connect_app(database_url, schema)
     try:
         yield conn
     finally:
@@ -94,9 +114,13 @@ async def test_the_api_role_is_neither_owner_superuser_nor_bypassrls(
     assert me is not None
     assert (me["rolsuper"], me["rolbypassrls"]) == (False, False)
     for table in TABLES:
-        owner = await app.fetchval("SELECT tableowner FROM pg_tables WHERE tablename = $1", table)
+        owner = await app.fetchval(
+            "SELECT tableowner FROM pg_tables WHERE tablename = $1 AND schemaname = $2",
+            table, await app.fetchval("SELECT current_schema()"),
+        )  # fmt: skip
         forced = await app.fetchval(
-            "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class WHERE relname = $1", table
+            "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class WHERE oid = $1::regclass",
+            table,
         )
         assert owner != APP_ROLE
         assert forced is True
@@ -145,12 +169,12 @@ async def test_nobody_writes_another_tenants_rows(
 )
 @pytest.mark.parametrize("table", TABLES)
 async def test_the_checks_catch_a_weakened_table(
-    owner: asyncpg.Connection, database_url: str, table: str, weakening: str
+    owner: asyncpg.Connection, database_url: str, schema: str, table: str, weakening: str
 ) -> None:
     """The isolation check above is not vacuous: each weakening makes it see B's rows."""
     try:
         await owner.execute(weakening.format(t=table))
-        reconnected = await connect(with_user(database_url, APP_ROLE))
+        reconnected = await _connect_app(database_url, schema)
         try:
             assert str(B) in await _visible(reconnected, table, A)
         finally:
