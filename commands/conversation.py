@@ -25,6 +25,7 @@ from commands.operator import (
 from commands.policy import check_send
 from commands.status import advance
 from events.conversation import (
+    AgentReplied,
     ContactOptedIn,
     ContactOptedOut,
     ConversationClosed,
@@ -231,7 +232,7 @@ def evolve(current: Conversation, event: ConversationEvent) -> Conversation:
             return replace(current, state="bot")
         case ConversationClosed():
             return replace(current, state="closed")
-        case OutboundMessageRequested():
+        case OutboundMessageRequested() | AgentReplied():
             return current
         case _:
             assert_never(event)

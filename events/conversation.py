@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -153,6 +153,35 @@ class OutboundMessageRequested(Message):
     content_variables: dict[str, str] = Field(default_factory=dict)
 
 
+class ToolCall(_Part):
+    """A tool the model asked for in a turn, and what came of it."""
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    accepted: bool = Field(description="False: not run (not enabled, or invalid arguments).")
+    result: str | None = Field(default=None, description="What the tool returned, or why not.")
+
+
+class AgentReplied(Message):
+    """One agent turn, as the decider accepted it: what the bot did and what it cost. Its reply,
+    if any, is the `OutboundMessageRequested` with `outbound_id` that follows it."""
+
+    type: Literal["AgentReplied"] = "AgentReplied"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    turn_id: str
+    trigger_message_sid: str = Field(description="The inbound message that started the turn.")
+    agent: Literal["llm", "faq"]
+    model: str
+    prompt_hash: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the prompt sent.")
+    reply: str | None = None
+    outbound_id: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tokens_in: int = Field(ge=0)
+    tokens_out: int = Field(ge=0)
+    latency_ms: int = Field(ge=0)
+
+
 type ConversationEvent = (
     ConversationStarted
     | InboundMessageReceived
@@ -165,6 +194,7 @@ type ConversationEvent = (
     | ConversationClosed
     | ConversationReopened
     | OutboundMessageRequested
+    | AgentReplied
 )
 CONVERSATION_EVENTS: Final = (
     ConversationStarted,
@@ -178,5 +208,6 @@ CONVERSATION_EVENTS: Final = (
     ConversationClosed,
     ConversationReopened,
     OutboundMessageRequested,
+    AgentReplied,
 )
 """`ConversationEvent` as a tuple, for `isinstance` and for the event registry."""

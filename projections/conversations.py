@@ -22,10 +22,14 @@ from events.catalog import EVENT_REGISTRY
 from events.envelope import EventEnvelope, wire_bytes
 from events.platform import CommandRejected
 from events.registry import Message
+from projections import agent_costs
 from projections.database import Conn
 
 NAME: Final = "conversations"
-TABLES: Final = ("conversations", "messages", "contacts", "command_results", "conversation_facts")
+TABLES: Final = (
+    "conversations", "messages", "contacts", "command_results", "conversation_facts",
+    "agent_turns",
+)  # fmt: skip
 """The tables of one version (`projections.versions`; schema file schemas/projections/)."""
 PROJECTOR_ROLE: Final = "zapflow_projector"
 PREVIEW_CHARS: Final = 200
@@ -106,12 +110,21 @@ INSERT INTO conversation_facts (tenant_id, event_id, conversation_id, day, kind,
 VALUES ($1, $2, $3, ($4::timestamptz AT TIME ZONE 'UTC')::date, $5, $6)
 ON CONFLICT DO NOTHING
 """
+_TURN: Final = """
+INSERT INTO agent_turns (tenant_id, turn_id, conversation_id, trigger_message_id, agent, model,
+                         prompt_hash, reply_message_id, tool_calls, tokens_in, tokens_out,
+                         cost_estimate_usd, latency_ms, created_at, tenant_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15)
+ON CONFLICT DO NOTHING
+"""
 _SET_BASED: Final = frozenset({_MESSAGE, _RESULT})
 """Statements that take the whole batch's rows as arrays (`unnest`), not one row per call."""
 # Statements run in this order, each once per tenant per batch with all its rows in log order.
 # Safe because they touch different columns, except `updated_at`, which only moves forward
 # (greatest), and a conversation's row, which `_START` creates first.
-_PHASES: Final = (_START, _CONTACT_SEEN, _MESSAGE, _STATUS, _STATE, _OPT, _FACT, _RESULT)
+_PHASES: Final = (
+    _START, _CONTACT_SEEN, _MESSAGE, _STATUS, _STATE, _OPT, _FACT, _TURN, _RESULT,
+)  # fmt: skip
 
 type Row = tuple[object, ...]
 
@@ -293,6 +306,15 @@ def _plan(envelope: EventEnvelope, event: Message) -> list[tuple[str, Row]]:
             out.append((_STATE, (tenant, UUID(event.conversation_id), "closed", None, at)))
         case ev.ConversationReturnedToBot() | ev.ConversationReopened():
             out.append((_STATE, (tenant, UUID(event.conversation_id), "bot", None, at)))
+        case ev.AgentReplied():
+            calls = orjson.dumps([call.model_dump(mode="json") for call in event.tool_calls])
+            cost = agent_costs.estimate(event.model, event.tokens_in, event.tokens_out)
+            out.append((_TURN, (
+                tenant, event.turn_id, UUID(event.conversation_id), event.trigger_message_sid,
+                event.agent, event.model, event.prompt_hash, event.outbound_id,
+                calls.decode().replace("\\u0000", "\ufffd"), event.tokens_in, event.tokens_out,
+                cost, event.latency_ms, envelope.occurred_at, seq,
+            )))  # fmt: skip
     fact = _fact(event)
     if fact is not None:
         cid = UUID(getattr(event, "conversation_id"))  # noqa: B009 - facts are conversation events

@@ -1,7 +1,7 @@
 -- The conversations read models of ONE version of the projection, created by
 -- `zapflow projections rebuild conversations` in that version's own schema (conversations_vN),
 -- which is first in search_path while this runs: names here are unqualified on purpose.
--- Version 1 lives in `public`, created by migrations 0005, 0006 and 0008; this file creates the
+-- Version 1 lives in `public`, created by migrations 0005, 0006, 0008 and 0010; this file creates the
 -- same tables, indexes, row-level security and grants (tests/integration/test_rebuild.py holds
 -- the two equal, and runs the RLS checks on a rebuilt version too). From now on a read-model
 -- change is made here and reaches the database through a rebuild, not through a migration.
@@ -78,12 +78,32 @@ CREATE TABLE conversation_facts (
 );
 CREATE INDEX conversation_facts_day ON conversation_facts (tenant_id, day);
 
+CREATE TABLE agent_turns (
+    tenant_id          uuid          NOT NULL,
+    turn_id            text          NOT NULL,
+    conversation_id    uuid          NOT NULL,
+    trigger_message_id text          NOT NULL,
+    agent              text          NOT NULL CHECK (agent IN ('llm', 'faq')),
+    model              text          NOT NULL,
+    prompt_hash        text          NOT NULL,
+    reply_message_id   text,
+    tool_calls         jsonb         NOT NULL DEFAULT '[]',
+    tokens_in          integer       NOT NULL CHECK (tokens_in >= 0),
+    tokens_out         integer       NOT NULL CHECK (tokens_out >= 0),
+    cost_estimate_usd  numeric(14, 8),  -- NULL: no known price for the model
+    latency_ms         integer       NOT NULL CHECK (latency_ms >= 0),
+    created_at         timestamptz   NOT NULL,
+    tenant_seq         bigint        NOT NULL,
+    PRIMARY KEY (tenant_id, turn_id)
+);
+CREATE INDEX agent_turns_conversation ON agent_turns (tenant_id, conversation_id, tenant_seq);
+
 DO $$
 DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['conversations', 'messages', 'contacts', 'command_results',
-                             'conversation_facts'] LOOP
+                             'conversation_facts', 'agent_turns'] LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format(

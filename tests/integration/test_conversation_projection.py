@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
+import orjson
 import pytest
 
 from commands import conversation as conv
@@ -21,8 +23,15 @@ from commands.operator import (
     RequestOutboundMessage,
     ReturnToBot,
 )
-from events.chain import head_of, seal
-from events.envelope import CommandEnvelope, EventEnvelope, decode_event, encode_event
+from events.chain import ChainHead, head_of, seal
+from events.conversation import AgentReplied, ToolCall
+from events.envelope import (
+    CommandEnvelope,
+    EventDraft,
+    EventEnvelope,
+    decode_event,
+    encode_event,
+)
 from events.registry import Message
 from projections import conversations, read
 from projections.database import APP_ROLE, with_user
@@ -263,3 +272,51 @@ async def test_days_are_utc_days_whatever_the_sessions_time_zone(
     finally:
         await pool.close()
     assert [(d.day, d.inbound) for d in days] == [(date(2026, 11, 25), 0), (date(2026, 11, 26), 1)]
+
+
+def _agent_replied(tenant: uuid.UUID, head: ChainHead, model: str, n: int) -> EventEnvelope:
+    cid = conv.conversation_id(tenant, CONTACT)
+    event = AgentReplied(
+        conversation_id=cid, turn_id=f"turn-{n}", trigger_message_sid="SM1", agent="llm",
+        model=model, prompt_hash="ab" * 32, reply="Claro! Amanhã às 10h?",
+        outbound_id=f"out-{n}",
+        tool_calls=[ToolCall(name="search_knowledge", arguments={"query": "horário\x00"},
+                             accepted=True, result="Abrimos às 8h")],
+        tokens_in=1200, tokens_out=300, latency_ms=840,
+    )  # fmt: skip
+    command_id = uuid.uuid5(tenant, f"turn-{n}")
+    draft = EventDraft(
+        event_id=uuid.uuid5(command_id, "0"), type=event.type,
+        schema_version=event.schema_version, tenant_id=tenant, stream=f"conversation:{cid}",
+        occurred_at=T0 + timedelta(minutes=n), recorded_at=T0 + timedelta(minutes=n),
+        correlation_id=command_id, causation_id=command_id, payload=event.payload(),
+    )  # fmt: skip
+    return seal(draft, head)
+
+
+async def test_agent_turns_record_what_the_bot_did_and_an_estimated_cost(
+    db: asyncpg.Connection,
+) -> None:
+    await migrate(db)
+    tenant = uuid.uuid4()
+    events = _decided(tenant, [register(tenant, ACCOUNT, SENDER),
+                               inbound(tenant, "SM1", CONTACT, "Oi")])  # fmt: skip
+    events.append(_agent_replied(tenant, head_of(events[-1]), "gpt-4o-mini-2024-07-18", 5))
+    events.append(_agent_replied(tenant, head_of(events[-1]), "llama3.1:8b", 6))
+    for _ in range(2):  # the second pass is a replay: nothing changes
+        async with db.transaction():
+            await conversations.apply_batch(db, events)
+    rows = await db.fetch("SELECT * FROM agent_turns WHERE tenant_id = $1 ORDER BY tenant_seq",
+                          tenant)  # fmt: skip
+    assert [(r["turn_id"], r["model"], r["reply_message_id"]) for r in rows] == [
+        ("turn-5", "gpt-4o-mini-2024-07-18", "out-5"), ("turn-6", "llama3.1:8b", "out-6"),
+    ]  # fmt: skip
+    # 1,200 in at $0.15/M + 300 out at $0.60/M; no price known for a local model.
+    assert [r["cost_estimate_usd"] for r in rows] == [Decimal("0.00036"), None]
+    first = rows[0]
+    assert (first["tokens_in"], first["tokens_out"], first["latency_ms"]) == (1200, 300, 840)
+    assert first["trigger_message_id"] == "SM1"
+    assert orjson.loads(first["tool_calls"]) == [
+        {"name": "search_knowledge", "arguments": {"query": "horário\ufffd"}, "accepted": True,
+         "result": "Abrimos às 8h"}
+    ]  # fmt: skip

@@ -53,6 +53,13 @@ def _row(table: str, tenant: uuid.UUID, n: int) -> tuple[str, tuple[object, ...]
             "recorded_at) VALUES ($1, $2, 'accepted', $3, $4)"
         )
         return sql, (tenant, uuid.uuid5(tenant, f"cmd{n}"), n + 1, AT)
+    if table == "agent_turns":
+        sql = (
+            "INSERT INTO agent_turns (tenant_id, turn_id, conversation_id, trigger_message_id, "
+            "agent, model, prompt_hash, tokens_in, tokens_out, latency_ms, created_at, "
+            "tenant_seq) VALUES ($1, $2, $3, 'SM1', 'faq', 'faq', 'h', 0, 0, 1, $4, $5)"
+        )
+        return sql, (tenant, f"turn{n}", cid, AT, n + 1)
     sql = "INSERT INTO contacts (tenant_id, contact, updated_at) VALUES ($1, $2, $3)"
     return sql, (tenant, f"whatsapp:+55{n}", AT)
 
