@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from commands.agent import RecordAgentTurn
 from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
 from commands.operator import (
     CloseConversation,
@@ -25,6 +26,7 @@ COMMAND_REGISTRY: Final[Registry[Message]] = Registry(
         "ReturnToBot": ReturnToBot,
         "CloseConversation": CloseConversation,
         "RequestOutboundMessage": RequestOutboundMessage,
+        "RecordAgentTurn": RecordAgentTurn,
     },
     upcasters={},
 )

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Final, assert_never
 from uuid import UUID, uuid5
 
+from commands.agent import CLOSE_TOOL, HANDOFF_TOOL, RecordAgentTurn
 from commands.errors import Rejected
 from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
 from commands.keywords import keyword
@@ -26,6 +27,7 @@ from commands.policy import check_send
 from commands.status import advance
 from events.conversation import (
     AgentReplied,
+    AgentTurnDiscarded,
     ContactOptedIn,
     ContactOptedOut,
     ConversationClosed,
@@ -40,6 +42,7 @@ from events.conversation import (
     OutboundMessageRequested,
     State,
     Status,
+    ToolCall,
 )
 
 SERVICE_WINDOW: Final = timedelta(hours=24)
@@ -53,6 +56,7 @@ type ConversationCommand = (
     | ReturnToBot
     | CloseConversation
     | RequestOutboundMessage
+    | RecordAgentTurn
 )
 
 
@@ -64,6 +68,7 @@ CONVERSATION_COMMANDS: Final = (
     ReturnToBot,
     CloseConversation,
     RequestOutboundMessage,
+    RecordAgentTurn,
 )
 
 
@@ -84,6 +89,9 @@ class Conversation:
     window_open_until: datetime | None = None
     inbound_sids: frozenset[str] = frozenset()
     statuses: dict[str, Status] = field(default_factory=dict)
+    last_inbound_sid: str | None = None
+    answered: frozenset[str] = frozenset()
+    """Inbound messages whose agent turn has an outcome (replied or discarded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +172,66 @@ def decide(
                     content_variables=command.content_variables,
                 )
             ]
+        case RecordAgentTurn():
+            return _turn(current, command, ctx)
         case _:
             assert_never(command)
+
+
+def _turn(current: Conversation, command: RecordAgentTurn, ctx: Context) -> list[ConversationEvent]:
+    cid, trigger = current.conversation_id, command.trigger_message_sid
+    if not current.started:
+        raise Rejected("unknown_conversation", "cannot record a turn: no such conversation")
+    if trigger not in current.inbound_sids:
+        raise Rejected("unknown_trigger", f"no inbound message {trigger} in this conversation")
+    if trigger in current.answered:
+        raise Rejected("turn_already_recorded", f"message {trigger} already has a turn outcome")
+    discard = None
+    if current.state != "bot":
+        discard = AgentTurnDiscarded(conversation_id=cid, turn_id=command.turn_id,
+                                     trigger_message_sid=trigger, reason="not_bot",
+                                     detail=f"the conversation is {current.state}")  # fmt: skip
+    elif current.opted_out:
+        discard = AgentTurnDiscarded(conversation_id=cid, turn_id=command.turn_id,
+                                     trigger_message_sid=trigger, reason="opted_out")  # fmt: skip
+    elif trigger != current.last_inbound_sid:
+        discard = AgentTurnDiscarded(
+            conversation_id=cid, turn_id=command.turn_id, trigger_message_sid=trigger,
+            reason="superseded", detail=f"{current.last_inbound_sid} arrived after it",
+        )  # fmt: skip
+    if discard is not None:
+        return [discard]
+    outbound_id = str(uuid5(ctx.command_id, "outbound")) if command.reply else None
+    events: list[ConversationEvent] = [
+        AgentReplied(
+            conversation_id=cid, turn_id=command.turn_id, trigger_message_sid=trigger,
+            agent=command.agent, model=command.model, prompt_hash=command.prompt_hash,
+            reply=command.reply, outbound_id=outbound_id, tool_calls=command.tool_calls,
+            tokens_in=command.tokens_in, tokens_out=command.tokens_out,
+            latency_ms=command.latency_ms,
+        )
+    ]  # fmt: skip
+    if command.reply is not None:
+        check_send(author="bot", state=current.state, opted_out=current.opted_out,
+                   window_open_until=current.window_open_until, now=ctx.send_time,
+                   is_template=False)  # fmt: skip
+        events.append(OutboundMessageRequested(
+            conversation_id=cid, outbound_id=outbound_id or "", author="bot",
+            contact=current.contact, sender=current.sender, body=command.reply,
+        ))  # fmt: skip
+    accepted = {call.name: call for call in command.tool_calls if call.accepted}
+    if command.fallback_reason is not None or HANDOFF_TOOL in accepted:
+        reason = command.fallback_reason or _reason(accepted[HANDOFF_TOOL], "asked by the bot")
+        events.append(HandoffRequested(conversation_id=cid, reason=reason, requested_by="bot"))
+    elif CLOSE_TOOL in accepted:
+        reason = _reason(accepted[CLOSE_TOOL], "closed by the bot")
+        events.append(ConversationClosed(conversation_id=cid, reason=reason, closed_by="bot"))
+    return events
+
+
+def _reason(call: ToolCall, default: str) -> str:
+    reason = call.arguments.get("reason")
+    return reason[:500] if isinstance(reason, str) and reason else default
 
 
 def _require(current: Conversation, *, allowed: set[str], action: str) -> None:
@@ -216,7 +282,7 @@ def evolve(current: Conversation, event: ConversationEvent) -> Conversation:
                 window = max(window, current.window_open_until)
             return replace(
                 current, inbound_sids=current.inbound_sids | {event.message_sid},
-                window_open_until=window,
+                window_open_until=window, last_inbound_sid=event.message_sid,
             )  # fmt: skip
         case DeliveryStatusChanged():
             return replace(current, statuses={**current.statuses, event.message_sid: event.status})
@@ -232,7 +298,9 @@ def evolve(current: Conversation, event: ConversationEvent) -> Conversation:
             return replace(current, state="bot")
         case ConversationClosed():
             return replace(current, state="closed")
-        case OutboundMessageRequested() | AgentReplied():
+        case OutboundMessageRequested():
             return current
+        case AgentReplied() | AgentTurnDiscarded():
+            return replace(current, answered=current.answered | {event.trigger_message_sid})
         case _:
             assert_never(event)

@@ -182,6 +182,18 @@ class AgentReplied(Message):
     latency_ms: int = Field(ge=0)
 
 
+class AgentTurnDiscarded(Message):
+    """An agent turn that came back too late: nothing of it is sent or done."""
+
+    type: Literal["AgentTurnDiscarded"] = "AgentTurnDiscarded"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    turn_id: str
+    trigger_message_sid: str
+    reason: Literal["not_bot", "opted_out", "superseded"]
+    detail: str = ""
+
+
 type ConversationEvent = (
     ConversationStarted
     | InboundMessageReceived
@@ -195,6 +207,7 @@ type ConversationEvent = (
     | ConversationReopened
     | OutboundMessageRequested
     | AgentReplied
+    | AgentTurnDiscarded
 )
 CONVERSATION_EVENTS: Final = (
     ConversationStarted,
@@ -209,5 +222,6 @@ CONVERSATION_EVENTS: Final = (
     ConversationReopened,
     OutboundMessageRequested,
     AgentReplied,
+    AgentTurnDiscarded,
 )
 """`ConversationEvent` as a tuple, for `isinstance` and for the event registry."""

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from commands import conversation as conv
+from commands.agent import RecordAgentTurn
 from commands.operator import (
     CloseConversation,
     HandOffToHuman,
@@ -320,3 +321,40 @@ async def test_agent_turns_record_what_the_bot_did_and_an_estimated_cost(
         {"name": "search_knowledge", "arguments": {"query": "horário\ufffd"}, "accepted": True,
          "result": "Abrimos às 8h"}
     ]  # fmt: skip
+
+
+async def test_a_decided_agent_turn_becomes_a_turn_row_and_a_bot_message(
+    db: asyncpg.Connection,
+) -> None:
+    """Through the real decider: the turn's record, its reply and the hand-off it asked for."""
+    await migrate(db)
+    tenant = uuid.uuid4()
+    cid = conv.conversation_id(tenant, CONTACT)
+    turn = RecordAgentTurn(
+        conversation_id=cid, turn_id="t1", trigger_message_sid="SM1", agent="faq", model="faq",
+        prompt_hash="cd" * 32, reply="Vou chamar um atendente.",
+        tool_calls=[ToolCall(name="handoff_to_human", arguments={"reason": "dúvida de preço"},
+                             accepted=True)],
+    )  # fmt: skip
+    events = _decided(tenant, [register(tenant, ACCOUNT, SENDER),
+                               inbound(tenant, "SM1", CONTACT, "Quanto custa?"),
+                               _operator(tenant, turn, 2), _operator(tenant, turn, 3)])  # fmt: skip
+    assert [e.type for e in events][-4:] == [
+        "AgentReplied",
+        "OutboundMessageRequested",
+        "HandoffRequested",
+        "CommandRejected",
+    ]  # fmt: skip  (the same turn again: refused, never a second reply)
+    async with db.transaction():
+        await conversations.apply_batch(db, events)
+    row = await db.fetchrow("SELECT * FROM agent_turns WHERE tenant_id = $1", tenant)
+    assert row is not None
+    assert (row["turn_id"], row["agent"], row["cost_estimate_usd"]) == ("t1", "faq", None)
+    bot = await db.fetch(
+        "SELECT message_id, body FROM messages WHERE tenant_id = $1 AND author = 'bot'", tenant
+    )
+    assert [(m["message_id"], m["body"]) for m in bot] == [
+        (row["reply_message_id"], "Vou chamar um atendente.")
+    ]
+    state = await db.fetchval("SELECT state FROM conversations WHERE tenant_id = $1", tenant)
+    assert state == "handoff_requested"
