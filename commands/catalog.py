@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from commands.agent import RecordAgentTurn
+from commands.agent_config import ConfigureAgent
 from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
 from commands.operator import (
     CloseConversation,
@@ -27,6 +28,7 @@ COMMAND_REGISTRY: Final[Registry[Message]] = Registry(
         "CloseConversation": CloseConversation,
         "RequestOutboundMessage": RequestOutboundMessage,
         "RecordAgentTurn": RecordAgentTurn,
+        "ConfigureAgent": ConfigureAgent,
     },
     upcasters={},
 )

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from commands.errors import Rejected
 from events.registry import Message
-from events.tenant import TenantRegistered
+from events.tenant import AgentSettings, TenantRegistered
 
 
 class RegisterTenant(Message):
@@ -27,6 +27,7 @@ class TenantProfile:
     name: str
     account_sid: str
     senders: frozenset[str]
+    agent: AgentSettings | None = None
 
 
 def decide_registration(current: TenantProfile | None, command: RegisterTenant) -> TenantRegistered:

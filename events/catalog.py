@@ -7,11 +7,12 @@ from typing import Final
 from events.conversation import CONVERSATION_EVENTS
 from events.platform import CommandRejected
 from events.registry import Message, Registry
-from events.tenant import TenantRegistered
+from events.tenant import AgentConfigured, TenantRegistered
 
 _EVENTS: Final[tuple[type[Message], ...]] = (
     CommandRejected,
     TenantRegistered,
+    AgentConfigured,
     *CONVERSATION_EVENTS,
 )
 

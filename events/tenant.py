@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.registry import Message
 
@@ -21,4 +21,68 @@ class TenantRegistered(Message):
     api_key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-type TenantEvent = TenantRegistered
+type Tool = Literal["handoff_to_human", "close_conversation", "search_knowledge"]
+TOOLS: tuple[Tool, ...] = ("handoff_to_human", "close_conversation", "search_knowledge")
+DEFAULT_TOOLS: tuple[Tool, ...] = ("handoff_to_human",)
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Template(_Part):
+    """A WhatsApp template the tenant had approved, and when the platform may use it."""
+
+    purpose: Literal["window_closed", "fallback"] = Field(
+        description="window_closed: sent instead of a free-form message outside the 24-hour "
+        "window; fallback: sent when the agent fails and the window is closed."
+    )
+    content_sid: str = Field(pattern=r"^HX[0-9a-fA-F]{32}$")
+    variables: dict[str, str] = Field(default_factory=dict)
+
+
+class FaqEntry(_Part):
+    question: str = Field(min_length=1, max_length=500)
+    answer: str = Field(min_length=1, max_length=2000)
+
+
+class AgentSettings(_Part):
+    """How a tenant's agent behaves; a whole new set replaces the previous one."""
+
+    system_prompt: str = Field(min_length=1, max_length=8000)
+    model: str | None = Field(
+        default=None, min_length=1, max_length=100,
+        description="None: the platform's default model (ZAPFLOW_OPENAI_MODEL).",
+    )  # fmt: skip
+    temperature: float = Field(default=0.3, ge=0, le=2)
+    max_tokens: int = Field(default=400, ge=16, le=4096)
+    reply_language: str = Field(default="pt-BR", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    enabled_tools: list[Tool] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
+    templates: list[Template] = Field(default_factory=list, max_length=20)
+    faq: list[FaqEntry] = Field(default_factory=list, max_length=500)
+    daily_token_budget: int | None = Field(default=None, ge=0)
+    fallback_message: str = Field(
+        default="Desculpe, não consegui responder agora. Uma pessoa da nossa equipe vai "
+        "continuar esta conversa.",
+        min_length=1, max_length=1000,
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        if len(set(self.enabled_tools)) != len(self.enabled_tools):
+            raise ValueError("enabled_tools lists a tool twice")
+        purposes = [template.purpose for template in self.templates]
+        if len(set(purposes)) != len(purposes):
+            raise ValueError("one template per purpose")
+        return self
+
+
+class AgentConfigured(Message):
+    """The tenant's agent settings from now on (the whole set, not a change)."""
+
+    type: Literal["AgentConfigured"] = "AgentConfigured"
+    schema_version: Literal[1] = 1
+    settings: AgentSettings
+
+
+type TenantEvent = TenantRegistered | AgentConfigured

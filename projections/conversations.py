@@ -355,5 +355,9 @@ _WEBHOOK_EVENTS: Final = frozenset(
 )  # fmt: skip
 
 _RELEVANT: Final = frozenset(
-    {"CommandRejected", *(model.model_fields["type"].default for model in ev.CONVERSATION_EVENTS)}
+    {
+        "CommandRejected",
+        "AgentConfigured",  # its command's result only: `zapflow agents configure --wait`
+        *(model.model_fields["type"].default for model in ev.CONVERSATION_EVENTS),
+    }
 )

@@ -39,7 +39,7 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events.envelope import HEADER_ID, header
-from projections import checkpoints, conversations, status, tenants
+from projections import agents, checkpoints, conversations, status, tenants
 from projections.batch import (
     ModuleProjection,
     Projection,
@@ -54,6 +54,7 @@ __all__ = ["PROJECTIONS", "MissingTopic", "ModuleProjection", "Projection", "run
 
 PROJECTIONS: Final[tuple[Projection, ...]] = (
     tenants.PROJECTION,
+    agents.PROJECTION,
     conversations.Versioned(1, "public"),
 )
 """What a freshly migrated database's live projector maintains (version 1 of each)."""

@@ -24,7 +24,7 @@ from typing import Final
 
 from aiokafka import AIOKafkaConsumer
 
-from projections import conversations, status, tenants
+from projections import agents, conversations, status, tenants
 from projections.batch import Projection
 from projections.checkpoints import partition_offsets
 from projections.database import Conn, connect
@@ -89,6 +89,7 @@ async def live(conn: Conn) -> tuple[Projection, ...]:
     active = [v for v in await versions(conn) if v.state == "active"]
     return (
         tenants.PROJECTION,
+        agents.PROJECTION,
         *(projection(v.projection, v.version) for v in active if v.projection in TABLES),
     )
 

@@ -8,12 +8,13 @@ one appended event. The decider shell calls `apply` only after the log acknowled
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Final
 from uuid import UUID, uuid5
 
 from commands import conversation as conv
+from commands.agent_config import ConfigureAgent, decide_agent_config
 from commands.catalog import COMMAND_REGISTRY
 from commands.errors import Rejected
 from commands.inbound import ReceiveInboundMessage, RecordDeliveryStatus
@@ -24,7 +25,7 @@ from events.conversation import CONVERSATION_EVENTS
 from events.envelope import CommandEnvelope, EventDraft, EventEnvelope, trusted
 from events.platform import CommandRejected
 from events.registry import Message
-from events.tenant import TenantRegistered
+from events.tenant import AgentConfigured, TenantRegistered
 
 # Commands re-delivered after a crash are recognised by id for this many recent commands.
 RECENT_COMMANDS: Final = 10_000
@@ -76,9 +77,11 @@ class TenantBook:
     def _route(
         self, body: Message, command: CommandEnvelope, recorded_at: datetime
     ) -> tuple[str, list[Message]]:
-        if isinstance(body, RegisterTenant):
+        if isinstance(body, RegisterTenant | ConfigureAgent):
             stream = f"tenant:{self.tenant_id}"
             try:
+                if isinstance(body, ConfigureAgent):
+                    return stream, [decide_agent_config(self.profile, body)]
                 return stream, [decide_registration(self.profile, body)]
             except Rejected as rejected:
                 return stream, [_rejection(command, rejected)]
@@ -133,6 +136,8 @@ class TenantBook:
             self.recent_commands.popitem(last=False)
         if isinstance(event, TenantRegistered):
             self.profile = evolve_registration(event)
+        elif isinstance(event, AgentConfigured) and self.profile is not None:
+            self.profile = replace(self.profile, agent=event.settings)
         elif isinstance(event, CONVERSATION_EVENTS):
             current = self.conversations.get(event.conversation_id)
             current = current or conv.Conversation(event.conversation_id)

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 import orjson
 from pydantic import ValidationError
@@ -57,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
         "drop-old", help="drop the tables of retired versions (of NAME, or of every projection)"
     )
     drop_old.add_argument("name", metavar="NAME", nargs="?", help="the projection")
+    agents_parser = sub.add_parser("agents", help="a tenant's agent settings")
+    agents_sub = agents_parser.add_subparsers(
+        dest="agents_command", required=True, metavar="ACTION"
+    )
+    configure = agents_sub.add_parser(
+        "configure", help="replace a tenant's agent settings from a JSON file (- for stdin)"
+    )
+    configure.add_argument("--tenant", required=True, type=_uuid, metavar="TENANT_ID")
+    configure.add_argument("--file", required=True, metavar="FILE")
+    show = agents_sub.add_parser("show", help="a tenant's agent settings as stored")
+    show.add_argument("--tenant", required=True, type=_uuid, metavar="TENANT_ID")
     schemas = sub.add_parser("schemas", help="JSON Schemas of events and commands")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
     export = schemas_sub.add_parser("export", help="write schemas/json from the code")
@@ -303,6 +315,36 @@ async def _projection_status(endpoints: Endpoints, timeout_s: float) -> list[Par
         await conn.close()
 
 
+def _uuid(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a tenant id: {text!r}") from None
+
+
+def _agents(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from zapflow.agents import AgentNotConfigured, configure, parse_settings, show
+    from zapflow.runtime import resolve
+
+    endpoints, timeout_s = resolve(settings), settings.connect_timeout_s
+    if args.agents_command == "show":
+        _print(asyncio.run(show(args.tenant, endpoints, timeout_s)))
+        return 0
+    try:
+        text = sys.stdin.read() if args.file == STDIN else Path(args.file).read_text()
+    except OSError as exc:
+        raise ConfigurationError("--file", args.file, f"cannot read ({exc.strerror})") from None
+    agent = parse_settings(text, args.file)
+    try:
+        _print(asyncio.run(configure(args.tenant, agent, endpoints, timeout_s)))
+    except AgentNotConfigured as exc:
+        print(f"zapflow: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _print(value: object) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -318,6 +360,7 @@ HANDLERS: dict[str, Handler] = {
     "log": _log,
     "projections": _projections,
     "tenants": _tenants,
+    "agents": _agents,
 }
 
 

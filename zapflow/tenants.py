@@ -106,9 +106,9 @@ async def create_tenant(
     tenant_id = uuid4()
     api_key, api_key_sha256 = new_api_key()
     envelope = register_command(tenant, tenant_id, api_key_sha256, secret_key, datetime.now(UTC))
-    conn = await _directory(endpoints.database_url, timeout_s)
+    conn = await directory_connection(endpoints.database_url, timeout_s)
     try:
-        await _send(endpoints.bootstrap_servers, envelope, timeout_s)
+        await send_command(endpoints.bootstrap_servers, envelope, timeout_s)
         deadline = time.monotonic() + wait_s
         while await get_tenant(conn, tenant_id) is None:
             if time.monotonic() > deadline:
@@ -122,7 +122,7 @@ async def create_tenant(
     return tenant_id, api_key
 
 
-async def _directory(database_url: str, timeout_s: float) -> asyncpg.Connection:
+async def directory_connection(database_url: str, timeout_s: float) -> asyncpg.Connection:
     try:
         conn = await connect(database_url, timeout_s)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
@@ -137,7 +137,7 @@ async def _directory(database_url: str, timeout_s: float) -> asyncpg.Connection:
     return conn
 
 
-async def _send(bootstrap_servers: str, envelope: CommandEnvelope, timeout_s: float) -> None:
+async def send_command(bootstrap_servers: str, envelope: CommandEnvelope, timeout_s: float) -> None:
     key, value, headers = encode_command(envelope)
     producer = kafka.producer(bootstrap_servers)
     try:

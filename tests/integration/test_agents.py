@@ -1,0 +1,94 @@
+"""Agent settings through the log: `zapflow agents configure` → decider → projector → stored,
+searchable FAQ under row-level security; bad files and unknown tenants change nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+from fastapi.testclient import TestClient
+
+from events.tenant import AgentSettings, FaqEntry
+from projections import agents
+from projections.database import APP_ROLE, connect, with_user
+from tests.integration.test_query_api import Keyed
+from tests.integration.test_query_api import platform as platform  # the fixture
+from zapflow.agents import configure, parse_settings, show
+from zapflow.errors import ConfigurationError
+from zapflow.runtime import Endpoints
+
+pytestmark = pytest.mark.integration
+
+FAQ = [
+    FaqEntry(question="Qual o horário de funcionamento?",
+             answer="Abrimos de segunda a sexta, das 8h às 18h."),
+    FaqEntry(question="Vocês aceitam convênio?", answer="Aceitamos Unimed e Amil."),
+]  # fmt: skip
+
+
+async def _search(database_url: str, tenant: uuid.UUID, query: str) -> list[str]:
+    """As the API role, with `tenant` set: what the FAQ agent would find."""
+    conn = await connect(with_user(database_url, APP_ROLE))
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+            return [m.answer for m in await agents.search_faq(conn, tenant, query)]
+    finally:
+        await conn.close()
+
+
+async def test_settings_go_through_the_log_and_the_faq_is_searchable_by_its_tenant_only(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str
+) -> None:
+    _, a, b = platform
+    endpoints = Endpoints(fresh_broker, database_url)
+    settings = AgentSettings(system_prompt="Você é a assistente da Clínica Sorriso.",
+                             model="gpt-4o-mini", enabled_tools=["handoff_to_human",
+                                                                 "search_knowledge"],
+                             faq=FAQ)  # fmt: skip
+    done = await configure(a.tenant.tenant_id, settings, endpoints, 10.0)
+    assert done["settings"] == settings.model_dump(mode="json")
+    assert (await show(a.tenant.tenant_id, endpoints, 10.0))["configured"] is True
+    assert (await show(b.tenant.tenant_id, endpoints, 10.0))["configured"] is False
+
+    # Stemmed in the tenant's language: "horários" finds "horário".
+    found = await _search(database_url, a.tenant.tenant_id, "quais os horários")
+    assert found == ["Abrimos de segunda a sexta, das 8h às 18h."]
+    assert await _search(database_url, b.tenant.tenant_id, "horário") == []  # RLS
+    assert await _search(database_url, a.tenant.tenant_id, "estacionamento") == []
+    assert await _search(database_url, a.tenant.tenant_id, "o de") == []  # stop words only
+
+    replaced = settings.model_copy(update={"faq": FAQ[1:]})
+    await configure(a.tenant.tenant_id, replaced, endpoints, 10.0)
+    assert await _search(database_url, a.tenant.tenant_id, "horário") == []
+    assert await _search(database_url, a.tenant.tenant_id, "convênio") == [
+        "Aceitamos Unimed e Amil."
+    ]
+
+
+async def test_an_unknown_tenant_is_refused_before_anything_is_sent(
+    migrated: asyncpg.Connection, fresh_broker: str, database_url: str
+) -> None:
+    settings = AgentSettings(system_prompt="x")
+    with pytest.raises(ConfigurationError, match="no such tenant"):
+        await configure(uuid.uuid4(), settings, Endpoints(fresh_broker, database_url), 5.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{", "is not JSON"),
+        ('{"model": "gpt-4o"}', "system_prompt: Field required"),
+        ('{"system_prompt": "x", "temperature": 3}', "temperature: Input should be less"),
+        ('{"system_prompt": "x", "enabled_tools": ["rm_rf"]}', "enabled_tools.0: Input should"),
+        ('{"system_prompt": "x", "enabled_tools": ["close_conversation", "close_conversation"]}',
+         "lists a tool twice"),
+        ('{"system_prompt": "x", "templates": [{"purpose": "fallback", "content_sid": "HX1"}]}',
+         "templates.0.content_sid"),
+        ('{"system_prompt": "x", "surprise": 1}', "surprise: Extra inputs are not permitted"),
+    ],
+)  # fmt: skip
+def test_a_bad_settings_file_names_the_field(text: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        parse_settings(text, "agent.json")
