@@ -1,9 +1,9 @@
 """The long-running worker processes; each connects, runs its handler loop, and stops on SIGTERM.
 
-The decider runs `streams.decider`, the projector `projections.runner`. Until their issues land,
-the agent and sender have no handlers: they prove they can reach the broker, report ready, and
-shut down cleanly, and do not join consumer groups, so no offset is committed past an event
-nobody handled.
+The decider runs `streams.decider`, the projector `projections.runner`, the agent
+`streams.agent`. Until its issue lands, the sender has no handler: it proves it can reach the
+broker, reports ready, and shuts down cleanly, and joins no consumer group, so no offset is
+committed past an event nobody handled.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import signal
 from typing import Final, Literal
 
 from streams import kafka
+from streams.agent import AgentOptions
+from streams.llm import Model
 
 type WorkerName = Literal["decider", "agent", "sender", "projector"]
 WORKERS: Final[tuple[WorkerName, ...]] = ("decider", "agent", "sender", "projector")
@@ -33,6 +35,9 @@ async def run_worker(
     instance_id: str | None = None,
     session_timeout_ms: int = 10_000,
     database_url: str | None = None,
+    llm: Model | None = None,
+    reader_url: str | None = None,
+    agent_options: AgentOptions | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -48,6 +53,11 @@ async def run_worker(
         await run_decider(
             bootstrap_servers, stop, instance_id=instance_id, session_timeout_ms=session_timeout_ms
         )
+    elif name == "agent":
+        from streams.agent import run_agent
+
+        log.info("agent starting (%s)", "LLM" if llm is not None else "offline FAQ agent")
+        await run_agent(bootstrap_servers, stop, llm, reader_url, agent_options or AgentOptions())
     elif name == "projector":
         from projections.runner import run_projector
 

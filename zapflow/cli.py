@@ -17,6 +17,7 @@ from zapflow.settings import Settings
 
 if TYPE_CHECKING:
     from projections.status import PartitionStatus
+    from streams.llm import Model
     from zapflow.runtime import Endpoints
 
 type Handler = Callable[[argparse.Namespace, Settings], int]
@@ -126,7 +127,24 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if server.started else 1
 
 
+def _llm(settings: Settings) -> Model | None:
+    """The OpenAI adapter when the platform has a key (any compatible server via the URL)."""
+    if settings.openai_api_key is None:
+        return None
+    import openai
+
+    from streams.llm import OpenAIChat
+
+    client = openai.AsyncOpenAI(
+        api_key=settings.openai_api_key.get_secret_value(), base_url=settings.openai_base_url,
+        timeout=settings.llm_timeout_s, max_retries=settings.llm_max_retries,
+    )  # fmt: skip
+    return OpenAIChat(client)
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.database import APP_ROLE, with_user
+    from streams.agent import AgentOptions
     from streams.worker import WorkerStartError, run_worker
     from zapflow.runtime import resolve
 
@@ -140,6 +158,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                 instance_id=f"{settings.instance_id}-{args.name}" if settings.instance_id else None,
                 session_timeout_ms=settings.group_session_timeout_ms,
                 database_url=endpoints.database_url,
+                llm=_llm(settings) if args.name == "agent" else None,
+                reader_url=settings.app_database_url or with_user(endpoints.database_url, APP_ROLE),
+                agent_options=AgentOptions(
+                    debounce_s=settings.agent_debounce_s,
+                    max_in_flight=settings.agent_max_in_flight,
+                    default_model=settings.openai_model,
+                ),
             )
         )
     except WorkerStartError as exc:

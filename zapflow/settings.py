@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "ZAPFLOW_OPENAI_BASE_URL")
     )
+    openai_model: str = Field(
+        "gpt-4o-mini", min_length=1, description="The model of tenants that name none."
+    )
+    llm_timeout_s: float = Field(20.0, gt=0, description="Limit of each model call.")
+    llm_max_retries: int = Field(2, ge=0, le=10, description="The SDK's retries of a call.")
+    agent_debounce_s: float = Field(
+        1.5, ge=0, description="Messages of one contact within this window are one turn."
+    )
+    agent_max_in_flight: int = Field(256, ge=1, le=10_000, description="Turns run at once.")
 
     secret_key: SecretStr | None = Field(
         default=None,

@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from events.chain import verify_chain
 from events.envelope import EventEnvelope
+from events.tenant import AgentSettings
 from streams import kafka
 from streams.log import Position, read_all
 from streams.topics import EVENTS
@@ -105,7 +106,8 @@ def _projected(platform: Platform, api_key: str, messages: int) -> dict[str, obj
 
 def test_webhooks_become_events_and_survive_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    platform = start(state)
+    # A debounce far longer than the gap between SM1 and STOP: no turn may start in between.
+    platform = start(state, ZAPFLOW_AGENT_DEBOUNCE_S="3")
     try:
         platform.wait_ready()
         tenant, api_key = _create_tenant(state)
@@ -127,19 +129,28 @@ def test_webhooks_become_events_and_survive_a_restart(tmp_path: Path) -> None:
     sids = [e.payload["message_sid"] for _, e in before if e.type == "InboundMessageReceived"]
     assert sids == ["SM" + "1" * 32, "SM" + "2" * 32]
 
-    again = start(state)  # a new, empty in-memory broker: the log comes back from the archive
+    again = start(
+        state, ZAPFLOW_AGENT_DEBOUNCE_S="3"
+    )  # a new, empty in-memory broker: the log comes back from the archive
     try:
         again.wait_ready()
         assert _webhook(again, tenant, _inbound("SM" + "6" * 32, "VOLTAR")) == 200
-        after = _wait_for(again, tenant, 7)
-        conversation = _projected(again, api_key, messages=3)
+        # The agent worker (the offline FAQ agent: no OPENAI_API_KEY here, no FAQ configured)
+        # answers the one message that waits for a turn with the fallback and hands off.
+        after = _wait_for(again, tenant, 10)
+        conversation = _projected(again, api_key, messages=4)
     finally:
         code, output = again.interrupt()
     assert code == 0, output
     assert "restored" in output
     assert after[: len(before)] == before  # same partitions, offsets and events
-    assert [e.type for _, e in after[len(before) :]] == ["InboundMessageReceived", "ContactOptedIn"]
+    assert [e.type for _, e in after[len(before) :]] == [
+        "InboundMessageReceived", "ContactOptedIn",
+        "AgentReplied", "OutboundMessageRequested", "HandoffRequested",
+    ]  # fmt: skip
+    replied = after[-3][1].payload
+    assert (replied["agent"], replied["trigger_message_sid"]) == ("faq", "SM" + "6" * 32)
     assert verify_chain([e for _, e in after]).ok
-    assert (conversation["contact"], conversation["state"]) == (CONTACT, "bot")
+    assert (conversation["contact"], conversation["state"]) == (CONTACT, "handoff_requested")
     assert conversation["opted_out"] is False  # STOP, then VOLTAR
-    assert conversation["last_message_preview"] == "VOLTAR"
+    assert conversation["last_message_preview"] == AgentSettings(system_prompt="x").fallback_message

@@ -1,0 +1,320 @@
+"""The agent runner: turns for the customers' messages, many at once, never lost (ADR 0014).
+
+A group-less consumer of `zapflow.events` that commits nothing: at start it folds the whole log
+(with the decider's own `evolve`) into each conversation's state and recent messages and each
+tenant's agent settings and tokens spent today, so the work left is simply every conversation
+whose newest inbound message has no outcome yet (no `AgentReplied`/`AgentTurnDiscarded`) while
+the bot owns it; those turns run first. From then on each `InboundMessageReceived` schedules a
+turn for its conversation after the debounce window (a burst becomes one turn, for its newest
+message).
+
+Turns run concurrently up to `max_in_flight` (backpressure: further due turns wait for a slot),
+one at a time per conversation. A turn's result goes to the decider as `RecordAgentTurn`, whose
+command id is derived from (conversation, message): a turn run twice (a crash after sending it)
+is one command, and the decider keeps at most one outcome per message anyway (ADR 0007). A
+message that arrives while its conversation's turn is running gets a turn of its own once that
+one is done (the decider discards the older as superseded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Final
+from uuid import UUID, uuid5
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from commands import conversation as conv
+from commands.agent import RecordAgentTurn
+from commands.agent_config import FAQ_MODEL, effective
+from events.catalog import EVENT_REGISTRY
+from events.conversation import (
+    CONVERSATION_EVENTS,
+    AgentReplied,
+    InboundMessageReceived,
+    OutboundMessageRequested,
+)
+from events.envelope import CommandEnvelope, EventEnvelope, decode_event, encode_command
+from events.tenant import AgentConfigured, AgentSettings
+from projections import agents as agent_store
+from projections import status
+from streams import kafka
+from streams.llm import FaqAgent, Model, Role, TurnRequest, TurnResult
+from streams.topics import COMMANDS, EVENTS
+
+log = logging.getLogger("zapflow.agent")
+
+HISTORY_MESSAGES: Final = 20
+HISTORY_CHARS: Final = 12_000
+"""About 3,000 tokens of recent conversation (4 characters a token)."""
+_TICK_S: Final = 0.02
+_RETRY_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    debounce_s: float = 1.5
+    max_in_flight: int = 256
+    default_model: str = "gpt-4o-mini"
+
+
+@dataclass(slots=True)
+class _Conversation:
+    tenant_id: UUID
+    state: conv.Conversation
+    history: deque[tuple[Role, str]] = field(default_factory=lambda: deque(maxlen=HISTORY_MESSAGES))
+    submitted: set[str] = field(default_factory=set)
+    """Messages whose turn this process sent to the decider (not yet seen decided)."""
+
+
+@dataclass(slots=True)
+class _Tenant:
+    settings: AgentSettings | None = None
+    tokens_day: date | None = None
+    tokens_today: int = 0
+    last_seq: int = 0
+
+
+@dataclass(slots=True)
+class AgentRunner:
+    """Folds events, schedules and runs turns; `run_agent` drives it."""
+
+    producer: AIOKafkaProducer
+    reader: asyncpg.Pool | None
+    llm: Model | None
+    options: AgentOptions
+    clock: Callable[[], float] = time.monotonic
+    faq: FaqAgent = field(default_factory=FaqAgent)
+    conversations: dict[str, _Conversation] = field(default_factory=dict)
+    tenants: dict[UUID, _Tenant] = field(default_factory=dict)
+    due: dict[str, float] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    caught_up: bool = False
+    slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.options.max_in_flight)
+
+    # -- folding ---------------------------------------------------------------------------
+
+    def fold(self, envelope: EventEnvelope) -> None:
+        tenant = self.tenants.setdefault(envelope.tenant_id, _Tenant())
+        if envelope.tenant_seq <= tenant.last_seq:
+            return  # a duplicate in the log
+        tenant.last_seq = envelope.tenant_seq
+        event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
+        if isinstance(event, AgentConfigured):
+            tenant.settings = event.settings
+            return
+        if not isinstance(event, CONVERSATION_EVENTS):
+            return
+        cid = event.conversation_id
+        found = self.conversations.get(cid)
+        if found is None:
+            found = self.conversations[cid] = _Conversation(envelope.tenant_id,
+                                                           conv.Conversation(cid))  # fmt: skip
+        found.state = conv.evolve(found.state, event)
+        match event:
+            case InboundMessageReceived():
+                found.history.append(("user", event.body))
+                if self.caught_up:
+                    self.due[cid] = self.clock() + self.options.debounce_s
+            case OutboundMessageRequested() if event.body:
+                found.history.append(("assistant", event.body))
+            case AgentReplied():
+                day = envelope.recorded_at.astimezone(UTC).date()
+                if tenant.tokens_day != day:
+                    tenant.tokens_day, tenant.tokens_today = day, 0
+                tenant.tokens_today += event.tokens_in + event.tokens_out
+            case _:
+                pass
+
+    def schedule_pending(self) -> int:
+        """After the catch-up: every conversation whose newest message still waits for a turn."""
+        self.caught_up = True
+        pending = [cid for cid, c in self.conversations.items() if _waiting(c)]
+        now = self.clock()
+        for cid in pending:
+            self.due.setdefault(cid, now)
+        return len(pending)
+
+    # -- turns ------------------------------------------------------------------------------
+
+    async def start_due(self) -> None:
+        """Start every due turn there is a slot for; waits for a slot (backpressure)."""
+        now = self.clock()
+        for cid in [cid for cid, at in self.due.items() if at <= now and cid not in self.running]:
+            found = self.conversations.get(cid)
+            del self.due[cid]
+            if found is None or not _waiting(found):
+                continue
+            await self.slots.acquire()
+            self.running.add(cid)
+            trigger = found.state.last_inbound_sid
+            assert trigger is not None
+            found.submitted.add(trigger)
+            task = asyncio.create_task(self._turn(cid, found, trigger))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _turn(self, cid: str, found: _Conversation, trigger: str) -> None:
+        try:
+            result = await self._result(found, trigger)
+            await self._record(cid, found.tenant_id, trigger, result)
+        except Exception:
+            found.submitted.discard(trigger)  # not sent: a later look retries it
+            log.exception("agent turn failed", extra={"tenant_id": str(found.tenant_id)})
+            self.due.setdefault(cid, self.clock() + _RETRY_S)
+        finally:
+            self.running.discard(cid)
+            self.slots.release()
+
+    async def _result(self, found: _Conversation, trigger: str) -> TurnResult:
+        tenant = self.tenants[found.tenant_id]
+        kind, settings = effective(tenant.settings, self.llm is not None)
+        model: Model = self.llm if kind == "llm" and self.llm is not None else self.faq
+        name = (settings.model or self.options.default_model) if model is self.llm else FAQ_MODEL
+        request = TurnRequest(found.tenant_id, settings, name, _bounded(found.history))
+        budget = settings.daily_token_budget
+        today = datetime.now(UTC).date()
+        spent = tenant.tokens_today if tenant.tokens_day == today else 0
+        if model is self.llm and budget is not None and spent >= budget:
+            return TurnResult("llm", name, "0" * 64, reply=settings.fallback_message,
+                              fallback_reason="token_budget_exhausted")  # fmt: skip
+
+        async def knowledge(query: str) -> list[str]:
+            return await self._search(found.tenant_id, query)
+
+        return await model.turn(request, knowledge)
+
+    async def _search(self, tenant_id: UUID, query: str) -> list[str]:
+        if self.reader is None:
+            return []
+        async with self.reader.acquire() as conn, conn.transaction(readonly=True):
+            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
+            return [m.answer for m in await agent_store.search_faq(conn, tenant_id, query)]
+
+    async def _record(self, cid: str, tenant_id: UUID, trigger: str, result: TurnResult) -> None:
+        turn_id = uuid5(tenant_id, f"turn:{cid}:{trigger}")
+        command = RecordAgentTurn(
+            conversation_id=cid, turn_id=str(turn_id), trigger_message_sid=trigger,
+            agent=result.agent, model=result.model, prompt_hash=result.prompt_hash,
+            reply=result.reply, tool_calls=result.tool_calls, tokens_in=result.tokens_in,
+            tokens_out=result.tokens_out, latency_ms=result.latency_ms,
+            fallback_reason=result.fallback_reason,
+        )  # fmt: skip
+        envelope = CommandEnvelope(
+            command_id=turn_id, tenant_id=tenant_id, type=command.type,
+            schema_version=command.schema_version, issued_at=datetime.now(UTC),
+            correlation_id=turn_id, payload=command.payload(),
+        )  # fmt: skip
+        key, value, headers = encode_command(envelope)
+        while True:  # accepted work is never dropped: the broker comes back
+            try:
+                await self.producer.send_and_wait(COMMANDS, value, key=key, headers=headers)
+            except KafkaError as exc:
+                log.warning("could not send a turn (%s); retrying", type(exc).__name__,
+                            extra={"tenant_id": str(tenant_id)})  # fmt: skip
+                await asyncio.sleep(_RETRY_S)
+            else:
+                return
+
+
+def _waiting(found: _Conversation) -> bool:
+    """The newest message has no outcome, the bot owns the conversation, and no turn was sent."""
+    state, trigger = found.state, found.state.last_inbound_sid
+    return (
+        trigger is not None and state.started and state.state == "bot" and not state.opted_out
+        and trigger not in state.answered and trigger not in found.submitted
+    )  # fmt: skip
+
+
+def _bounded(history: deque[tuple[Role, str]]) -> list[tuple[Role, str]]:
+    """The most recent messages that fit in `HISTORY_CHARS`, oldest first."""
+    kept: list[tuple[Role, str]] = []
+    size = 0
+    for role, text in reversed(history):
+        size += len(text)
+        if kept and size > HISTORY_CHARS:
+            break
+        kept.append((role, text[:HISTORY_CHARS]))
+    return kept[::-1]
+
+
+async def run_agent(
+    bootstrap_servers: str,
+    stop: asyncio.Event,
+    llm: Model | None,
+    reader_url: str | None,
+    options: AgentOptions = AgentOptions(),
+    topic: str = EVENTS,
+) -> None:
+    """Run turns until `stop` is set; in-flight turns are given a moment to finish."""
+    producer = kafka.producer(bootstrap_servers)
+    consumer = kafka.groupless_consumer(bootstrap_servers, max_partition_fetch_bytes=1 << 20)
+    reader = (
+        await asyncpg.create_pool(reader_url, min_size=0, max_size=10, statement_cache_size=0)
+        if reader_url else None
+    )  # fmt: skip
+    await producer.start()
+    await consumer.start()
+    runner = AgentRunner(producer, reader, llm, options)
+    try:
+        ends = await _start(consumer, topic)
+        pending_ends = dict(ends)
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=int(_TICK_S * 1000), max_records=2000)
+            for records in batch.values():
+                for record in records:
+                    envelope = _decoded(record.value)
+                    if envelope is not None:
+                        runner.fold(envelope)
+            if not runner.caught_up:
+                for tp in list(pending_ends):
+                    if await consumer.position(tp) >= pending_ends[tp]:
+                        del pending_ends[tp]
+                if not pending_ends:
+                    count = runner.schedule_pending()
+                    log.info("agent caught up with the log; %d conversations wait for a turn",
+                             count)  # fmt: skip
+            if runner.caught_up:
+                await runner.start_due()
+        if runner.tasks:
+            await asyncio.wait(runner.tasks, timeout=5.0)
+    finally:
+        for task in runner.tasks:
+            task.cancel()
+        await consumer.stop()
+        await producer.stop()
+        if reader is not None:
+            await reader.close()
+
+
+async def _start(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
+    """Assign every partition from offset 0; returns where each ended at start."""
+    partitions = await status.topic_partitions(consumer, topic)
+    if not partitions:
+        raise RuntimeError(f"topic {topic} does not exist; run `zapflow setup`")
+    ends = await status.log_ends(consumer, topic, partitions, {})
+    assigned = [TopicPartition(topic, p) for p in partitions]
+    for tp in assigned:
+        consumer.seek(tp, 0)  # not seek_to_beginning: ListOffsets is unreliable on Tansu
+    return {tp: ends[tp.partition] for tp in assigned if ends[tp.partition] > 0}
+
+
+def _decoded(value: bytes | None) -> EventEnvelope | None:
+    if value is None:
+        return None
+    try:
+        return decode_event(value)
+    except (ValueError, TypeError):
+        return None  # not an event: the projector reports it; nothing to answer here

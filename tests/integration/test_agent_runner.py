@@ -1,0 +1,163 @@
+"""The agent runner on the real broker and PostgreSQL, with the real decider and projector and
+a fake OpenAI server reached through the real SDK.
+
+A signed webhook becomes a turn: the model gets the tenant's prompt and the conversation, the
+reply is decided and projected as the bot's message. Turns run concurrently (a slow model does
+not serialise conversations), bursts become one turn, a hand-off silences the bot, and a runner
+started after messages arrived (or restarted after sending a turn) answers each exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from projections.database import APP_ROLE, with_user
+from streams.agent import AgentOptions, run_agent
+from streams.llm import OpenAIChat
+from tests.integration import fake_openai as fake
+from tests.integration.fake_openai import FakeOpenAI
+from tests.integration.test_query_api import Keyed, _get
+from tests.integration.test_query_api import platform as platform  # the fixture
+from tests.integration.test_rebuild import _send
+
+pytestmark = pytest.mark.integration
+WAIT_S = 30.0
+
+
+@pytest.fixture
+def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    server = FakeOpenAI()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@asynccontextmanager
+async def runner(brokers: str, database_url: str, server: FakeOpenAI,
+                 debounce_s: float = 0.0) -> AsyncIterator[None]:  # fmt: skip
+    client = openai.AsyncOpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0,
+                                timeout=10.0)  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_agent(
+        brokers, stop, OpenAIChat(client), with_user(database_url, APP_ROLE),
+        AgentOptions(debounce_s=debounce_s, max_in_flight=64),
+    ))  # fmt: skip
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+def _contact(n: int) -> str:
+    return f"whatsapp:+55119876510{n:02d}"
+
+
+def _messages(client: TestClient, keyed: Keyed) -> list[dict[str, Any]]:
+    """Every message of every conversation of the tenant, per conversation in log order."""
+    out: list[dict[str, Any]] = []
+    page = _get(client, "/v1/conversations", keyed, limit=200).json()
+    for item in page["items"]:
+        path = f"/v1/conversations/{item['conversation_id']}/messages"
+        found = _get(client, path, keyed, limit=200).json()["items"]
+        out += [{**m, "contact": item["contact"], "state": item["state"]} for m in found]
+    return out
+
+
+async def _until(probe: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        value = await asyncio.to_thread(probe)
+        if done(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.2)
+
+
+def _bot(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m["author"] == "bot"]
+
+
+async def test_a_message_gets_one_reply_from_the_model_with_the_prompt_and_history(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str,
+    llm: FakeOpenAI,
+) -> None:  # fmt: skip
+    client, a, _ = platform
+    llm.script.append(fake.text("Olá! Abrimos às 8h."))
+    async with runner(fresh_broker, database_url, llm):
+        await asyncio.to_thread(_send, client, a, _contact(0), "Que horas vocês abrem?")
+        found = await _until(lambda: _messages(client, a), lambda m: len(_bot(m)) == 1)
+        (reply,) = _bot(found)
+        assert reply["body"] == "Olá! Abrimos às 8h."
+        await asyncio.sleep(1.0)  # nothing more comes
+        assert len(_bot(await asyncio.to_thread(_messages, client, a))) == 1
+    (sent,) = llm.requests
+    assert sent["messages"][0]["role"] == "system"
+    assert sent["messages"][-1] == {"role": "user", "content": "Que horas vocês abrem?"}
+    assert "whatsapp:" not in str(sent)  # the contact's number is not sent to the model
+
+
+async def test_turns_run_concurrently_across_conversations(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str,
+    llm: FakeOpenAI,
+) -> None:  # fmt: skip
+    client, a, _ = platform
+    conversations = 12
+    llm.script.extend(fake.Scripted(content=f"resposta {n}", delay_s=1.0)
+                      for n in range(conversations))  # fmt: skip
+    async with runner(fresh_broker, database_url, llm):
+        for n in range(conversations):
+            await asyncio.to_thread(_send, client, a, _contact(n), "Oi")
+        started = time.monotonic()
+        found = await _until(lambda: _messages(client, a),
+                             lambda m: len(_bot(m)) == conversations)  # fmt: skip
+        took = time.monotonic() - started
+    assert len(_bot(found)) == conversations
+    # Twelve one-second model calls, one after the other, would take twelve seconds.
+    assert took < conversations / 2, f"{took:.1f} s for {conversations} one-second turns"
+
+
+async def test_a_burst_is_one_turn_and_a_handoff_silences_the_bot(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str,
+    llm: FakeOpenAI,
+) -> None:  # fmt: skip
+    client, a, _ = platform
+    llm.script.append(fake.tool("handoff_to_human", '{"reason": "pediu uma pessoa"}'))
+    async with runner(fresh_broker, database_url, llm, debounce_s=1.0):
+        for body in ("Oi", "quero falar", "com uma pessoa"):
+            await asyncio.to_thread(_send, client, a, _contact(1), body)
+        found = await _until(lambda: _messages(client, a),
+                             lambda m: m and m[0]["state"] == "handoff_requested")  # fmt: skip
+        assert found[0]["state"] == "handoff_requested"
+        await asyncio.to_thread(_send, client, a, _contact(1), "alguém aí?")
+        await asyncio.sleep(2.0)
+    (sent,) = llm.requests  # one turn for the burst, none once handed off
+    assert [m["content"] for m in sent["messages"][1:]] == ["Oi", "quero falar", "com uma pessoa"]
+    assert _bot(await asyncio.to_thread(_messages, client, a)) == []
+
+
+async def test_messages_that_arrived_while_no_runner_ran_are_answered_once(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str,
+    llm: FakeOpenAI,
+) -> None:  # fmt: skip
+    client, a, _ = platform
+    for n in range(3):
+        await asyncio.to_thread(_send, client, a, _contact(n), f"mensagem {n}")
+    llm.script.extend(fake.text(f"resposta {n}") for n in range(3))
+    async with runner(fresh_broker, database_url, llm):
+        found = await _until(lambda: _messages(client, a), lambda m: len(_bot(m)) == 3)
+    assert len(_bot(found)) == 3
+    # A second runner folds the same log: every message has an outcome, nothing runs again.
+    async with runner(fresh_broker, database_url, llm):
+        await asyncio.sleep(3.0)
+    assert len(llm.requests) == 3
+    assert len(_bot(await asyncio.to_thread(_messages, client, a))) == 3
