@@ -132,7 +132,7 @@ async def test_a_burst_is_one_turn_and_a_handoff_silences_the_bot(
 ) -> None:  # fmt: skip
     client, a, _ = platform
     llm.script.append(fake.tool("handoff_to_human", '{"reason": "pediu uma pessoa"}'))
-    async with runner(fresh_broker, database_url, llm, debounce_s=1.0):
+    async with runner(fresh_broker, database_url, llm, debounce_s=2.0):
         for body in ("Oi", "quero falar", "com uma pessoa"):
             await asyncio.to_thread(_send, client, a, _contact(1), body)
         found = await _until(lambda: _messages(client, a),
