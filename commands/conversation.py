@@ -212,9 +212,19 @@ def _turn(current: Conversation, command: RecordAgentTurn, ctx: Context) -> list
         )
     ]  # fmt: skip
     if command.reply is not None:
-        check_send(author="bot", state=current.state, opted_out=current.opted_out,
-                   window_open_until=current.window_open_until, now=ctx.send_time,
-                   is_template=False)  # fmt: skip
+        try:
+            check_send(author="bot", state=current.state, opted_out=current.opted_out,
+                       window_open_until=current.window_open_until, now=ctx.send_time,
+                       is_template=False)  # fmt: skip
+        except Rejected as refused:
+            if refused.code != "outside_service_window":  # state and opt-out were checked above
+                raise
+            # Too late to answer (a backlog): an outcome all the same, or the runner would ask
+            # the model again after every restart.
+            return [AgentTurnDiscarded(conversation_id=cid, turn_id=command.turn_id,
+                                       trigger_message_sid=trigger,
+                                       reason="outside_service_window",
+                                       detail=refused.reason)]  # fmt: skip
         events.append(OutboundMessageRequested(
             conversation_id=cid, outbound_id=outbound_id or "", author="bot",
             contact=current.contact, sender=current.sender, body=command.reply,

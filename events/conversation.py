@@ -190,7 +190,7 @@ class AgentTurnDiscarded(Message):
     conversation_id: str
     turn_id: str
     trigger_message_sid: str
-    reason: Literal["not_bot", "opted_out", "superseded"]
+    reason: Literal["not_bot", "opted_out", "superseded", "outside_service_window"]
     detail: str = ""
 
 

@@ -19,6 +19,7 @@ one is done (the decider discards the older as superseded).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -230,11 +231,14 @@ class AgentRunner:
 
 
 def _waiting(found: _Conversation) -> bool:
-    """The newest message has no outcome, the bot owns the conversation, and no turn was sent."""
+    """The newest message has no outcome, the bot owns the conversation, no turn was sent, and
+    the 24-hour window is still open (an older message is past answering: no model call)."""
     state, trigger = found.state, found.state.last_inbound_sid
+    window = state.window_open_until
     return (
         trigger is not None and state.started and state.state == "bot" and not state.opted_out
         and trigger not in state.answered and trigger not in found.submitted
+        and window is not None and datetime.now(UTC) < window
     )  # fmt: skip
 
 
@@ -257,8 +261,37 @@ async def run_agent(
     reader_url: str | None,
     options: AgentOptions = AgentOptions(),
     topic: str = EVENTS,
+    grace_s: float = 8.0,
 ) -> None:
-    """Run turns until `stop` is set; in-flight turns are given a moment to finish."""
+    """Run turns until `stop` is set; in-flight turns are given a moment to finish.
+
+    A stop during start-up (the supervisor gone, the broker with it) must not wait for the
+    broker's timeouts: after `grace_s` the work is cancelled. Nothing is lost by that: the
+    log is the only record of what is left to do.
+    """
+    work = asyncio.create_task(_serve(bootstrap_servers, stop, llm, reader_url, options, topic))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            await asyncio.wait({work}, timeout=grace_s)
+        if not work.done():
+            log.warning("agent did not stop within %.0f s; cancelling it", grace_s)
+            work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+    finally:
+        stopped.cancel()
+
+
+async def _serve(
+    bootstrap_servers: str,
+    stop: asyncio.Event,
+    llm: Model | None,
+    reader_url: str | None,
+    options: AgentOptions,
+    topic: str,
+) -> None:
     producer = kafka.producer(bootstrap_servers)
     consumer = kafka.groupless_consumer(bootstrap_servers, max_partition_fetch_bytes=1 << 20)
     reader = (
@@ -276,8 +309,16 @@ async def run_agent(
             for records in batch.values():
                 for record in records:
                     envelope = _decoded(record.value)
-                    if envelope is not None:
+                    if envelope is None:
+                        continue
+                    try:
                         runner.fold(envelope)
+                    except Exception:
+                        log.exception(
+                            "agent skipped an event it cannot fold",
+                            extra={"tenant_id": str(envelope.tenant_id),
+                                   "event_id": str(envelope.event_id)},
+                        )  # fmt: skip
             if not runner.caught_up:
                 for tp in list(pending_ends):
                     if await consumer.position(tp) >= pending_ends[tp]:

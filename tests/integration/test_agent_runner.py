@@ -139,7 +139,7 @@ async def test_a_burst_is_one_turn_and_a_handoff_silences_the_bot(
                              lambda m: m and m[0]["state"] == "handoff_requested")  # fmt: skip
         assert found[0]["state"] == "handoff_requested"
         await asyncio.to_thread(_send, client, a, _contact(1), "alguém aí?")
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0 + 2.0)  # past the debounce: a wrongful turn would have started
     (sent,) = llm.requests  # one turn for the burst, none once handed off
     assert [m["content"] for m in sent["messages"][1:]] == ["Oi", "quero falar", "com uma pessoa"]
     assert _bot(await asyncio.to_thread(_messages, client, a)) == []

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from events.tenant import AgentSettings, FaqEntry
-from projections import agents
+from projections import agents, conversations, versions
 from projections.database import APP_ROLE, connect, with_user
 from tests.integration.test_query_api import Keyed
 from tests.integration.test_query_api import platform as platform  # the fixture
@@ -27,12 +27,14 @@ FAQ = [
 ]  # fmt: skip
 
 
-async def _search(database_url: str, tenant: uuid.UUID, query: str) -> list[str]:
-    """As the API role, with `tenant` set: what the FAQ agent would find."""
+async def _search(
+    database_url: str, tenant: uuid.UUID, query: str, scope: uuid.UUID | None = None
+) -> list[str]:
+    """As the API role, with `scope` (default: `tenant`) set: what the FAQ agent would find."""
     conn = await connect(with_user(database_url, APP_ROLE))
     try:
         async with conn.transaction():
-            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(scope or tenant))
             return [m.answer for m in await agents.search_faq(conn, tenant, query)]
     finally:
         await conn.close()
@@ -55,10 +57,15 @@ async def test_settings_go_through_the_log_and_the_faq_is_searchable_by_its_tena
     # Stemmed in the tenant's language: "horários" finds "horário".
     found = await _search(database_url, a.tenant.tenant_id, "quais os horários")
     assert found == ["Abrimos de segunda a sexta, das 8h às 18h."]
-    assert await _search(database_url, b.tenant.tenant_id, "horário") == []  # RLS
+    assert await _search(database_url, b.tenant.tenant_id, "horário") == []
+    # Row-level security: with B's tenant set, even a query naming A's id finds nothing.
+    assert await _search(database_url, a.tenant.tenant_id, "horário", b.tenant.tenant_id) == []
     assert await _search(database_url, a.tenant.tenant_id, "estacionamento") == []
     assert await _search(database_url, a.tenant.tenant_id, "o de") == []  # stop words only
 
+    # After a rebuild swaps in a new version of the conversation read models (where command
+    # results are), configuring still sees its outcome.
+    await versions.rebuild(fresh_broker, database_url, conversations.NAME, poll_s=0.2)
     replaced = settings.model_copy(update={"faq": FAQ[1:]})
     await configure(a.tenant.tenant_id, replaced, endpoints, 10.0)
     assert await _search(database_url, a.tenant.tenant_id, "horário") == []
@@ -92,3 +99,32 @@ async def test_an_unknown_tenant_is_refused_before_anything_is_sent(
 def test_a_bad_settings_file_names_the_field(text: str, problem: str) -> None:
     with pytest.raises(ConfigurationError, match=problem):
         parse_settings(text, "agent.json")
+
+
+@pytest.mark.parametrize("weakened", [False, True])
+async def test_agent_tables_are_under_row_level_security(
+    migrated: asyncpg.Connection, database_url: str, weakened: bool
+) -> None:
+    """As the API role: A sees only A's rows, no tenant set sees none; and the check is not
+    vacuous (with RLS disabled it sees B's)."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    for tenant in (a, b):
+        await migrated.execute("INSERT INTO agent_settings VALUES ($1, '{}', 1, now())", tenant)
+        await migrated.execute(
+            "INSERT INTO faq_entries (tenant_id, position, question, answer, language) "
+            "VALUES ($1, 0, 'q', 'a', 'simple')", tenant,
+        )  # fmt: skip
+    if weakened:
+        await migrated.execute("ALTER TABLE agent_settings DISABLE ROW LEVEL SECURITY")
+        await migrated.execute("ALTER TABLE faq_entries DISABLE ROW LEVEL SECURITY")
+    conn = await connect(with_user(database_url, APP_ROLE))
+    try:
+        for table in ("agent_settings", "faq_entries"):
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(a))
+                seen = {r["tenant_id"] for r in await conn.fetch(f"SELECT tenant_id FROM {table}")}  # noqa: S608
+            assert seen == ({a, b} if weakened else {a}), table
+            unscoped = await conn.fetch(f"SELECT tenant_id FROM {table}")  # noqa: S608
+            assert len(unscoped) == (2 if weakened else 0), table
+    finally:
+        await conn.close()

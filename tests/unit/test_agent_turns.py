@@ -112,10 +112,14 @@ def test_a_fallback_hands_off() -> None:
     assert given(inbound("SM1"), fallback).state == "handoff_requested"
 
 
-def test_a_turn_decided_after_the_window_closed_is_refused() -> None:
-    assert rejected(given(inbound("SM1")), turn(), NOW + timedelta(hours=25)) == (
-        "outside_service_window"
-    )
+def test_a_turn_decided_after_the_window_closed_is_discarded_as_its_outcome() -> None:
+    late = NOW + timedelta(hours=25)
+    assert when(given(inbound("SM1")), turn(), late) == ["AgentTurnDiscarded"]
+    # ... so the message has its outcome: the same turn again is refused, never re-asked.
+    state = given(inbound("SM1"))
+    for event in conv.decide(state, turn(), conv.Context(uuid.uuid4(), late)):
+        state = conv.evolve(state, event)
+    assert rejected(state, turn(), late) == "turn_already_recorded"
 
 
 def test_returned_to_the_bot_the_next_message_gets_a_turn() -> None:
