@@ -242,3 +242,13 @@ async def daily(conn: Conn, tenant_id: UUID, first: date, last: date) -> list[Da
     for row in await conn.fetch(_DAILY_FIRST_RESPONSE, tenant_id, first, last):
         days[row["day"]].median_first_response_seconds = float(row["median_seconds"])
     return list(days.values())
+
+
+ENTER_WITH_PUBLIC: Final = """
+SELECT set_config('app.tenant_id', $1, true),
+       set_config('search_path', coalesce((SELECT schema_name FROM projection_versions
+                                           WHERE projection = 'conversations'
+                                             AND state = 'active'), 'public') || ', public', true)
+"""
+"""For tools outside the API that read the active version and `public`'s tables (agent
+settings, the tenant directory) in one transaction: the tenant set, the active schema first."""

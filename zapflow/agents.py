@@ -21,20 +21,13 @@ from events.envelope import CommandEnvelope
 from events.tenant import AgentSettings
 from projections import agents
 from projections.database import connect
+from projections.read import ENTER_WITH_PUBLIC
 from projections.tenants import get_tenant
 from zapflow.errors import ConfigurationError
 from zapflow.runtime import Endpoints
 from zapflow.tenants import directory_connection, send_command
 
 WAIT_S: Final = 30.0
-# `command_results` is a read model of the active version (ADR 0012); `agent_settings` is not
-# versioned and lives in `public`.
-_ENTER: Final = """
-SELECT set_config('app.tenant_id', $1, true),
-       set_config('search_path', coalesce((SELECT schema_name FROM projection_versions
-                                           WHERE projection = 'conversations'
-                                             AND state = 'active'), 'public') || ', public', true)
-"""
 
 
 class AgentNotConfigured(Exception):
@@ -75,7 +68,8 @@ async def configure(
         deadline = time.monotonic() + wait_s
         while True:
             async with conn.transaction():
-                await conn.execute(_ENTER, str(tenant_id))
+                # command_results: the active version (ADR 0012); agent_settings: public
+                await conn.execute(ENTER_WITH_PUBLIC, str(tenant_id))
                 result = await conn.fetchrow(
                     "SELECT outcome, reason_code, reason FROM command_results "
                     "WHERE tenant_id = $1 AND command_id = $2",

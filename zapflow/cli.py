@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     configure.add_argument("--file", required=True, metavar="FILE")
     show = agents_sub.add_parser("show", help="a tenant's agent settings as stored")
     show.add_argument("--tenant", required=True, type=_uuid, metavar="TENANT_ID")
+    chat = sub.add_parser(
+        "chat", help="talk to a tenant's agent as a WhatsApp contact (signed webhooks, stdin)"
+    )
+    chat.add_argument("--tenant", required=True, type=_uuid, metavar="TENANT_ID")
+    chat.add_argument(
+        "--from", dest="contact", default="whatsapp:+5511900000001", metavar="whatsapp:+E164"
+    )
+    chat.add_argument("--wait", type=float, default=30.0, help="seconds to wait for a reply")
     schemas = sub.add_parser("schemas", help="JSON Schemas of events and commands")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
     export = schemas_sub.add_parser("export", help="write schemas/json from the code")
@@ -370,6 +379,33 @@ def _agents(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow.chat import ChatTarget, chat
+    from zapflow.runtime import read_live, resolve
+    from zapflow.secret_key import resolve_secret_key
+    from zapflow.tenants import SENDER
+
+    if not SENDER.match(args.contact):
+        raise ConfigurationError("--from", args.contact, "must be whatsapp:+E164")
+    live = read_live(settings.runtime_file)
+    api_url = live.api_url if live else f"http://{settings.http_host}:{settings.http_port}"
+    public_url = settings.public_url or (live.public_url if live and live.public_url else None)
+    target = ChatTarget(api_url.rstrip("/"), public_url or settings.effective_public_url)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per message is noise here
+    if sys.stdin.isatty():
+        print(f"talking to tenant {args.tenant} as {args.contact}; Ctrl-D ends", file=sys.stderr)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    key, endpoints = resolve_secret_key(settings), resolve(settings)
+    sent = asyncio.run(
+        chat(endpoints, target, key, args.tenant, args.contact, sys.stdin, say, args.wait)
+    )
+    print(f"({sent} messages sent)", file=sys.stderr)
+    return 0
+
+
 def _print(value: object) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -386,6 +422,7 @@ HANDLERS: dict[str, Handler] = {
     "projections": _projections,
     "tenants": _tenants,
     "agents": _agents,
+    "chat": _chat,
 }
 
 

@@ -20,6 +20,8 @@ class Runtime:
     database_url: str
     api_url: str
     children: dict[str, int]
+    public_url: str = ""
+    """The URL the API checks Twilio signatures against (`zapflow chat` signs with it)."""
 
 
 def write(path: Path, runtime: Runtime) -> None:

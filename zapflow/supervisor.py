@@ -128,6 +128,7 @@ def _run(
             children={name: proc.pid for name, proc in stack.children.items()}
             | ({"broker": stack.broker.process.pid} if stack.broker else {})
             | ({"postgres": stack.database.process.pid} if stack.database else {}),
+            public_url=settings.effective_public_url,
         ),
     )
     say(_banner(settings, stack, api_url, brokers, database_url, logs))
