@@ -80,6 +80,13 @@ class Metrics:
             ("projection", "partition"),
             registry=self.registry,
         )
+        self.applied = Gauge(
+            "zapflow_projection_events_applied",
+            "Events each projection has taken in (applied, or passed over as not its concern; "
+            "duplicates not counted), summed over tenants; rate() gives events per second.",
+            ("projection",),
+            registry=self.registry,
+        )
         self._http_children: dict[tuple[str, str, str], Any] = {}
         # One refresh at a time, reused for a few seconds: scrapes are unauthenticated, and each
         # refresh reads the broker and the database.
@@ -178,8 +185,15 @@ async def _refresh_projector(container: Container, metrics: Metrics) -> None:
         ends = await status.log_ends(consumer, EVENTS, partitions, starts)
         async with container.pool.acquire() as conn:
             rows = await status.read(conn, EVENTS, ends, names)
+            applied = await conn.fetch(
+                "SELECT projection, sum(last_seq) AS events FROM projection_tenant_seq "
+                "WHERE projection = ANY($1::text[]) GROUP BY projection",
+                names,
+            )
     finally:
         await consumer.stop()
+    for total in applied:
+        metrics.applied.labels(total["projection"]).set(total["events"])
     for row in rows:
         labels = (row.projection, str(row.partition))
         metrics.position.labels(*labels).set(row.next_offset)

@@ -83,6 +83,10 @@ async def test_metrics_count_requests_webhooks_and_projector_lag(
         async with projector(fresh_broker, database_url, "zapflow.events") as task:
             await eventually(task, caught_up(db, "zapflow.events", ends(positions)))
         after = _samples((await asyncio.to_thread(client.get, "/metrics")).text)
+        for name in ("tenant_directory", "conversations"):
+            assert _sum(after, "zapflow_projection_events_applied", projection=name) == len(
+                positions
+            )
         for name in ("tenant_directory", "conversations", "event_archive"):
             assert _sum(after, "zapflow_projection_lag", projection=name) == 0
             assert _sum(after, "zapflow_projection_next_offset", projection=name) == len(positions)
