@@ -14,18 +14,22 @@ MessageSid (and by MessageSid + status for status callbacks), so a command count
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from typing import Final, Literal
 from uuid import UUID
 
 import asyncpg
-import orjson
 from aiokafka.errors import KafkaError
 
 from api.broker import BrokerLink, BrokerUnavailable
-from events.envelope import CommandEnvelope, KafkaHeaders, encode_command
+from events.envelope import (
+    CommandEnvelope,
+    KafkaHeaders,
+    encode_command,
+    headers_from_json,
+    headers_to_json,
+)
 from streams.topics import COMMANDS
 
 log = logging.getLogger("zapflow.api.spool")
@@ -38,14 +42,6 @@ _RETRY_MAX_S: Final = 5.0
 _INSERT: Final = """
 INSERT INTO command_spool (tenant_id, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5)
 """
-
-
-def _headers_json(headers: KafkaHeaders) -> str:
-    return orjson.dumps([[name, base64.b64encode(raw).decode()] for name, raw in headers]).decode()
-
-
-def _headers_from(text: str) -> KafkaHeaders:
-    return [(name, base64.b64decode(raw)) for name, raw in orjson.loads(text)]
 
 
 class CommandSpool:
@@ -120,7 +116,7 @@ class CommandSpool:
         self._inflight += 1
         try:
             await self._pool.execute(
-                _INSERT, tenant_id, self._topic, key, value, _headers_json(headers)
+                _INSERT, tenant_id, self._topic, key, value, headers_to_json(headers)
             )
             self._inserted += 1
         finally:
@@ -148,7 +144,7 @@ class CommandSpool:
                     row["topic"],
                     row["value"],
                     key=row["key"],
-                    headers=_headers_from(row["headers"]),
+                    headers=headers_from_json(row["headers"]),
                 )
                 for row in rows
             ]

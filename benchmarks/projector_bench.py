@@ -12,7 +12,6 @@ and one narrow row per event into a scratch table (`raw_rate`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ import orjson
 from benchmarks.decider_bench import TENANTS, Rate, command_stream
 from benchmarks.infra import Infra, create_topic
 from events.chain import seal
-from events.envelope import EventEnvelope, encode_event
+from events.envelope import EventEnvelope, encode_event, headers_to_json
 from projections.batch import checkpoint_names
 from projections.runner import PROJECTIONS, run_projector
 from streams import kafka
@@ -170,8 +169,7 @@ def _same_rows(events: list[EventEnvelope]) -> list[dict[str, list[tuple[object,
         rows: dict[str, list[tuple[object, ...]]] = {name: [] for name in _SAME_ROWS_SQL}
         for offset, e in enumerate(events[start : start + ROWS_PER_TRANSACTION], start):
             key, value, headers = encode_event(e)
-            header_json = orjson.dumps([[n, base64.b64encode(v).decode()] for n, v in headers])
-            rows["event_archive"].append(("bench", 0, offset, key, value, header_json.decode(),
+            rows["event_archive"].append(("bench", 0, offset, key, value, headers_to_json(headers),
                                           0, e.tenant_id, e.tenant_seq, e.hash))  # fmt: skip
             p, at = e.payload, e.recorded_at
             if e.type == "ConversationStarted":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Final, Self, override
 from uuid import UUID
@@ -128,6 +129,16 @@ def with_wire_bytes(envelope: EventEnvelope, value: bytes) -> EventEnvelope:
     """Remember `value` as the envelope's record value (it must be `to_json_bytes(envelope)`)."""
     envelope._wire = value
     return envelope
+
+
+def headers_to_json(headers: Sequence[tuple[str, bytes]]) -> str:
+    """Kafka headers as JSON text for PostgreSQL: values (bytes) kept exactly, as base64, in
+    their original order (the event archive and the command spool store them so)."""
+    return orjson.dumps([[name, base64.b64encode(raw).decode()] for name, raw in headers]).decode()
+
+
+def headers_from_json(text: str) -> KafkaHeaders:
+    return [(name, base64.b64decode(raw)) for name, raw in orjson.loads(text)]
 
 
 def wire_bytes(envelope: EventEnvelope) -> bytes | None:

@@ -6,14 +6,11 @@ checkpoint; read back to restore the log (`streams.restore`) and, later, for aud
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import orjson
-
-from events.envelope import EventEnvelope, KafkaHeaders
+from events.envelope import EventEnvelope, KafkaHeaders, headers_from_json, headers_to_json
 from projections.database import Conn
 
 NAME: Final = "event_archive"
@@ -38,15 +35,6 @@ class ArchivedRecord:
     timestamp_ms: int
 
 
-def _headers_json(headers: Sequence[tuple[str, bytes]]) -> str:
-    # Header values are bytes: kept exactly, as base64, in their original order.
-    return orjson.dumps([[name, base64.b64encode(raw).decode()] for name, raw in headers]).decode()
-
-
-def _headers_of(text: str) -> KafkaHeaders:
-    return [(name, base64.b64decode(raw)) for name, raw in orjson.loads(text)]
-
-
 async def store(
     conn: Conn,
     topic: str,
@@ -56,7 +44,7 @@ async def store(
 ) -> None:
     """Archive (offset, key, value, headers, timestamp_ms) records; None: not an event."""
     rows = [
-        (offset, key, value, _headers_json(headers), timestamp,
+        (offset, key, value, headers_to_json(headers), timestamp,
          e.tenant_id if e else None, e.tenant_seq if e else None, e.hash if e else None)
         for (offset, key, value, headers, timestamp), e in zip(records, envelopes, strict=True)
     ]  # fmt: skip
@@ -87,8 +75,8 @@ async def read_partition(
         if not rows:
             return
         yield [
-            ArchivedRecord(partition, r["offset"], r["key"], r["value"], _headers_of(r["headers"]),
-                           r["timestamp_ms"])
+            ArchivedRecord(partition, r["offset"], r["key"], r["value"],
+                           headers_from_json(r["headers"]), r["timestamp_ms"])
             for r in rows
         ]  # fmt: skip
         after = rows[-1]["offset"]

@@ -36,7 +36,6 @@ PREVIEW_CHARS: Final = 200
 STATUS_ORDER: Final = ("queued", "sending", "sent", "delivered", "read")
 """Statuses that move forward in this order; `failed` and `undelivered` end a message."""
 
-_ENTER: Final = "SELECT set_config('role', $1, true), set_config('app.tenant_id', $2, true)"
 
 _START: Final = """
 INSERT INTO conversations (tenant_id, conversation_id, contact, sender, state, started_at,
@@ -131,15 +130,19 @@ type Row = tuple[object, ...]
 
 @dataclass(frozen=True, slots=True)
 class Versioned:
-    """The projection that maintains one version, whose tables are in `schema`; its positions
-    are named after the version (version 1 keeps the plain name it always had)."""
+    """The projection that maintains one version. Version 1 is where the migrations put the
+    tables (`public`) and keeps the plain position name it always had; a later version's
+    positions and schema are both named `conversations_vN`."""
 
     version: int
-    schema: str
 
     @property
     def name(self) -> str:
         return NAME if self.version == 1 else f"{NAME}_v{self.version}"
+
+    @property
+    def schema(self) -> str:
+        return "public" if self.version == 1 else self.name
 
     async def apply(self, conn: Conn, envelope: EventEnvelope) -> None:
         await apply_batch(conn, [envelope], self.schema)

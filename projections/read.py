@@ -41,11 +41,12 @@ async def tenant_scope(pool: asyncpg.Pool, tenant_id: UUID) -> AsyncIterator[Con
         yield conn
 
 
-_ENTER: Final = """
+_ACTIVE_SCHEMA: Final = """coalesce((SELECT schema_name FROM projection_versions
+                  WHERE projection = 'conversations' AND state = 'active'), 'public')"""
+"""The schema of the active version of the conversation read models (ADR 0012), as SQL."""
+_ENTER: Final = f"""
 SELECT set_config('app.tenant_id', $1, true), set_config('TimeZone', 'UTC', true),
-       set_config('search_path', coalesce((SELECT schema_name FROM projection_versions
-                                           WHERE projection = 'conversations'
-                                             AND state = 'active'), 'public'), true)
+       set_config('search_path', {_ACTIVE_SCHEMA}, true)
 """
 
 
@@ -244,11 +245,9 @@ async def daily(conn: Conn, tenant_id: UUID, first: date, last: date) -> list[Da
     return list(days.values())
 
 
-ENTER_WITH_PUBLIC: Final = """
+ENTER_WITH_PUBLIC: Final = f"""
 SELECT set_config('app.tenant_id', $1, true),
-       set_config('search_path', coalesce((SELECT schema_name FROM projection_versions
-                                           WHERE projection = 'conversations'
-                                             AND state = 'active'), 'public') || ', public', true)
+       set_config('search_path', {_ACTIVE_SCHEMA} || ', public', true)
 """
 """For tools outside the API that read the active version and `public`'s tables (agent
 settings, the tenant directory) in one transaction: the tenant set, the active schema first."""

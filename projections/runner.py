@@ -55,7 +55,7 @@ __all__ = ["PROJECTIONS", "MissingTopic", "ModuleProjection", "Projection", "run
 PROJECTIONS: Final[tuple[Projection, ...]] = (
     tenants.PROJECTION,
     agents.PROJECTION,
-    conversations.Versioned(1, "public"),
+    conversations.Versioned(1),
 )
 """What a freshly migrated database's live projector maintains (version 1 of each)."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ log = logging.getLogger("zapflow.projections")
 DDL_DIR: Final = Path(__file__).resolve().parent.parent / "schemas" / "projections"
 TABLES: Final[dict[str, tuple[str, ...]]] = {conversations.NAME: conversations.TABLES}
 """The versioned projections and the tables each version has."""
-_SCHEMA: Final = re.compile(r"^[a-z_][a-z0-9_]*$")
 _LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('zapflow.projection_versions'))"
 
 
@@ -54,19 +52,11 @@ class Version:
     state: str
 
 
-def schema_of(name: str, version: int) -> str:
-    """Version 1 is where the migrations created the tables; later ones have their own schema."""
-    schema = "public" if version == 1 else f"{name}_v{version}"
-    if not _SCHEMA.match(schema):
-        raise UnknownProjection(f"{name!r} is not a projection name")
-    return schema
-
-
-def projection(name: str, version: int) -> Projection:
-    """The projection that maintains version `version` of `name`."""
+def projection(name: str, version: int) -> conversations.Versioned:
+    """The projection that maintains version `version` of `name` (its tables in its `schema`)."""
     if name != conversations.NAME:
         raise UnknownProjection(_unknown(name))
-    return conversations.Versioned(version, schema_of(name, version))
+    return conversations.Versioned(version)
 
 
 def _unknown(name: str) -> str:
@@ -114,7 +104,7 @@ async def begin(conn: Conn, name: str) -> Version:
         if unfinished:
             return unfinished[0]
         number = max(v.version for v in known) + 1
-        schema = schema_of(name, number)
+        schema = projection(name, number).schema
         ddl = (DDL_DIR / f"{name}.sql").read_text()
         await conn.execute(f"CREATE SCHEMA {schema}")
         await conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO zapflow_app, zapflow_projector")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from streams import kafka
-from streams.agent import AgentOptions
-from streams.llm import Model
+
+if TYPE_CHECKING:  # imported by the agent alone: the other workers need no model SDK
+    from streams.agent import AgentOptions
+    from streams.llm import Model
 
 type WorkerName = Literal["decider", "agent", "sender", "projector"]
 WORKERS: Final[tuple[WorkerName, ...]] = ("decider", "agent", "sender", "projector")
@@ -54,7 +56,7 @@ async def run_worker(
             bootstrap_servers, stop, instance_id=instance_id, session_timeout_ms=session_timeout_ms
         )
     elif name == "agent":
-        from streams.agent import run_agent
+        from streams.agent import AgentOptions, run_agent
 
         log.info("agent starting (%s)", "LLM" if llm is not None else "offline FAQ agent")
         await run_agent(bootstrap_servers, stop, llm, reader_url, agent_options or AgentOptions())

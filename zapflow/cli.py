@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import orjson
@@ -151,13 +151,28 @@ def _llm(settings: Settings) -> Model | None:
     return OpenAIChat(client)
 
 
-def _worker(args: argparse.Namespace, settings: Settings) -> int:
+def _agent_setup(settings: Settings, database_url: str) -> dict[str, Any]:
+    """The agent worker's model, FAQ connection and options (only it imports the model SDK)."""
     from projections.database import APP_ROLE, with_user
     from streams.agent import AgentOptions
+
+    return {
+        "llm": _llm(settings),
+        "reader_url": settings.app_database_url or with_user(database_url, APP_ROLE),
+        "agent_options": AgentOptions(
+            debounce_s=settings.agent_debounce_s,
+            max_in_flight=settings.agent_max_in_flight,
+            default_model=settings.openai_model,
+        ),
+    }
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker import WorkerStartError, run_worker
     from zapflow.runtime import resolve
 
     endpoints = resolve(settings)
+    agent = _agent_setup(settings, endpoints.database_url) if args.name == "agent" else {}
     try:
         asyncio.run(
             run_worker(
@@ -167,13 +182,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                 instance_id=f"{settings.instance_id}-{args.name}" if settings.instance_id else None,
                 session_timeout_ms=settings.group_session_timeout_ms,
                 database_url=endpoints.database_url,
-                llm=_llm(settings) if args.name == "agent" else None,
-                reader_url=settings.app_database_url or with_user(endpoints.database_url, APP_ROLE),
-                agent_options=AgentOptions(
-                    debounce_s=settings.agent_debounce_s,
-                    max_in_flight=settings.agent_max_in_flight,
-                    default_model=settings.openai_model,
-                ),
+                **agent,
             )
         )
     except WorkerStartError as exc:

@@ -61,17 +61,22 @@ def cli_env(
     monkeypatch.setenv("ZAPFLOW_STATE_DIR", str(tmp_path))
 
 
-async def run_status(capsys: pytest.CaptureFixture[str]) -> tuple[int, Any, str]:
-    """`zapflow projections status`: exit code, printed JSON, stderr."""
+async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    """`zapflow ARGV`: exit code, printed JSON, stderr."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:  # in a thread: the command runs its own event loop
-        code = await asyncio.to_thread(main, ["projections", "status"])
+        code = await asyncio.to_thread(main, list(argv))
     finally:  # the command configures logging for a process of its own
         root.handlers[:] = handlers
         root.setLevel(level)
     out, err = capsys.readouterr()
     return code, orjson.loads(out) if out else None, err
+
+
+async def run_status(capsys: pytest.CaptureFixture[str]) -> tuple[int, Any, str]:
+    """`zapflow projections status`."""
+    return await run_cli(capsys, "projections", "status")
 
 
 async def test_lag_counts_the_records_not_yet_projected(

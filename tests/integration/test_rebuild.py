@@ -10,21 +10,19 @@ new version's positions), still isolated per tenant. `drop-old` then removes ver
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import asyncpg
-import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from projections import conversations, versions
 from projections.migrations import migrate
 from tests.integration.test_projections_status import cli_env as cli_env  # the fixture
+from tests.integration.test_projections_status import run_cli
 from tests.integration.test_query_api import Keyed, _get, _until
 from tests.integration.test_query_api import platform as platform  # the fixture
 from tests.integration.twilio_driver import inbound, post, sid
-from zapflow.cli import main
 
 pytestmark = pytest.mark.integration
 
@@ -165,15 +163,7 @@ async def test_the_migrated_database_starts_at_version_1(db: asyncpg.Connection)
 
 
 async def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:  # in a thread: the command runs its own event loop
-        code = await asyncio.to_thread(main, ["projections", *argv])
-    finally:  # the command configures logging for a process of its own
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    out, err = capsys.readouterr()
-    return code, orjson.loads(out) if out else None, err
+    return await run_cli(capsys, "projections", *argv)
 
 
 @pytest.mark.usefixtures("cli_env")
