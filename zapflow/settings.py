@@ -56,6 +56,20 @@ class Settings(BaseSettings):
     )
     agent_max_in_flight: int = Field(256, ge=1, le=10_000, description="Turns run at once.")
 
+    twilio_api_url: str | None = Field(
+        default=None,
+        description="Twilio's REST API base URL. Unset: `zapflow up` runs the Twilio emulator "
+        "and points the sender at it; a sender outside `zapflow up` uses https://api.twilio.com.",
+    )
+    twilio_timeout_s: float = Field(10.0, gt=0, description="Limit of each Twilio API call.")
+    send_rate_per_sender: float = Field(
+        80.0, gt=0, description="Messages per second per WhatsApp sender (excess waits)."
+    )
+    send_rate_per_recipient: float = Field(
+        5.0, gt=0, description="Messages per second to one contact (excess waits)."
+    )
+    send_max_in_flight: int = Field(64, ge=1, le=10_000, description="Twilio calls at once.")
+
     secret_key: SecretStr | None = Field(
         default=None,
         description="Key for tenant secrets at rest (urlsafe base64 of 32 bytes). Unset: "
@@ -81,7 +95,9 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(10.0, gt=0, description="Fail-fast limit for dependencies.")
     shutdown_grace_s: float = Field(10.0, gt=0, description="SIGTERM → SIGKILL grace period.")
 
-    @field_validator("database_url", "kafka_bootstrap_servers", "openai_base_url", "public_url")
+    @field_validator(
+        "database_url", "kafka_bootstrap_servers", "openai_base_url", "public_url", "twilio_api_url"
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
