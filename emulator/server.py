@@ -1,14 +1,15 @@
-"""Running the emulator: the ASGI app, and uvicorn on a free port in a thread or in this loop."""
+"""Running the emulator: the ASGI app, and uvicorn in a thread, in this loop or as the process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from types import TracebackType
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from types import FrameType, TracebackType
 from typing import Final, Self, override
 
 import uvicorn
@@ -46,9 +47,11 @@ def create_app(
     *,
     clock: Clock = utc_now,
     callbacks: CallbackOptions | None = None,
+    open_accounts: bool = False,
 ) -> EmulatorApp:
-    """An emulator for `accounts` (AccountSid → AuthToken)."""
-    return EmulatorApp(Emulator(accounts, clock=clock, callbacks=callbacks))
+    """An emulator for `accounts` (AccountSid → AuthToken); see `Emulator` for `open_accounts`."""
+    emulator = Emulator(accounts, clock=clock, callbacks=callbacks, open_accounts=open_accounts)
+    return EmulatorApp(emulator)
 
 
 class _Server(uvicorn.Server):
@@ -152,3 +155,29 @@ async def serve(app: EmulatorApp, host: str = "127.0.0.1", port: int = 0) -> Asy
         server.should_exit = True
         await task
         sock.close()
+
+
+def run(
+    app: EmulatorApp, host: str = "127.0.0.1", port: int = 0, ready: Callable[[str], None] = print
+) -> None:
+    """Serve `app` in this (main) thread until SIGINT or SIGTERM; `ready` gets the base URL.
+
+    The socket listens before `ready` is called, so a client told the URL can connect at once.
+    Either signal stops the server gracefully and this returns normally.
+    """
+    sock = _listen(host, port)
+    server = _server(app)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ready(_url(sock))
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    if not server.started:
+        raise RuntimeError("the Twilio emulator did not start")

@@ -1,6 +1,7 @@
 """`Emulator`: the emulator's memory and its Python API, safe to call from any thread.
 
-It holds the configured accounts, every message created, what was received, the last inbound
+It holds the accounts (configured, or in open-accounts mode also learned from the first request
+of a well-formed unknown account SID), every message created, what was received, the last inbound
 message of each (recipient, sender) pair (the WhatsApp 24-hour window), SMS opt-outs, the
 queue of injected faults, the callback options and the log of callbacks sent. The HTTP routes
 and the test thread share one instance; one lock guards it, held only for dictionary work.
@@ -64,17 +65,28 @@ class Accepted:
 
 
 class Emulator:
+    """The emulator's state for `accounts` (AccountSid → AuthToken).
+
+    With `open_accounts`, any well-formed account SID (`AC` + 32 hex digits) is served: the
+    first request of an unknown one that carries Basic `AccountSid:password` makes that password
+    the account's auth token, which every later request must present and which signs its status
+    callbacks, as for a configured account. `zapflow up` runs it so, since it cannot know the
+    tenants' accounts in advance.
+    """
+
     def __init__(
         self,
         accounts: Mapping[str, str],
         *,
         clock: Clock = utc_now,
         callbacks: CallbackOptions | None = None,
+        open_accounts: bool = False,
     ) -> None:
         for sid, token in accounts.items():
             if ACCOUNT_SID.fullmatch(sid) is None or not token:
                 raise ValueError(f"not an account SID with an auth token: {sid!r}")
         self._accounts = dict(accounts)
+        self._open_accounts = open_accounts
         self._clock = clock
         self._initial_options = callbacks or CallbackOptions()
         self._lock = threading.Lock()
@@ -86,6 +98,10 @@ class Emulator:
         self._faults: deque[Fault] = deque()
         self._options = self._initial_options
         self._callback_log: list[Attempt] = []
+
+    @property
+    def open_accounts(self) -> bool:
+        return self._open_accounts
 
     def now(self) -> datetime:
         return self._clock().replace(microsecond=0)
@@ -143,7 +159,10 @@ class Emulator:
             return [attempt.as_json() for attempt in self._callback_log]
 
     def reset(self) -> None:
-        """Forget messages, windows, opt-outs, faults and callbacks; lifecycles underway stop."""
+        """Forget messages, windows, opt-outs, faults and callbacks; lifecycles underway stop.
+
+        Accounts stay, those learned in open-accounts mode included.
+        """
         with self._lock:
             self._generation += 1
             self._messages.clear()
@@ -157,15 +176,35 @@ class Emulator:
     # -- what the REST routes and the lifecycles use -------------------------------------------
 
     def authenticate(self, account_sid: str, authorization: str | None) -> None:
-        """Basic `AccountSid:AuthToken` of a configured account, and the same account's path."""
-        token = self._accounts.get(account_sid)
+        """Basic `AccountSid:AuthToken` of a known account, and the same account's path.
+
+        In open-accounts mode an unknown, well-formed `account_sid` presented with its own SID
+        as the user and a non-empty password becomes known, with that password as its token.
+        """
         credentials = _basic_credentials(authorization)
-        if token is None or credentials is None:
+        if credentials is None:
             raise twilio_errors.authenticate()
         user, password = credentials
+        with self._lock:
+            token = self._accounts.get(account_sid)
+            if token is None and self._may_open(account_sid, user, password):
+                token = self._accounts[account_sid] = password.decode()
+        if token is None:
+            raise twilio_errors.authenticate()
         user_ok = hmac.compare_digest(user, account_sid.encode())
         if not (hmac.compare_digest(password, token.encode()) and user_ok):
             raise twilio_errors.authenticate()
+
+    def _may_open(self, account_sid: str, user: bytes, password: bytes) -> bool:
+        """An unknown account that open-accounts mode learns from these credentials."""
+        well_formed = ACCOUNT_SID.fullmatch(account_sid) is not None
+        if not (self._open_accounts and well_formed and password and user == account_sid.encode()):
+            return False
+        try:
+            password.decode()
+        except UnicodeDecodeError:
+            return False
+        return True
 
     def take_fault(self) -> Fault | None:
         with self._lock:

@@ -2,11 +2,13 @@
 
 A uvicorn server on a free port serves the emulator; a small stdlib HTTP server receives its
 status callbacks. Every check is on what crosses the wire: status codes, error codes and
-bodies, the Message resource, paging, callbacks and their signatures.
+bodies, the Message resource, paging, callbacks and their signatures. Last, the open-accounts
+mode `zapflow up` runs it in.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import re
@@ -309,7 +311,7 @@ def test_sms_bodies_are_counted_in_segments(client: Any, body: str, segments: st
 @pytest.mark.parametrize(
     ("sid", "token"),
     [(ACCOUNT, "not-the-token"), ("AC" + "0" * 32, TOKEN), (OTHER, OTHER_TOKEN)],
-    ids=["wrong-token", "unknown-account", "another-accounts-credentials"],
+    ids=["wrong-token", "unknown-account", "another-accounts-credentials"],  # not open by default
 )
 def test_bad_credentials_answer_401_with_code_20003(
     server: EmulatorServer, emulator: Emulator, sid: str, token: str
@@ -761,3 +763,138 @@ async def test_serve_runs_the_emulator_on_the_callers_event_loop() -> None:
         fetched = await client.messages(message.sid).fetch_async()
         assert fetched.sid == message.sid
     assert [r["sid"] for r in app.emulator.received()] == [message.sid]
+
+
+# -- open-accounts mode, as `zapflow up` and `zapflow emulator` run it: any well-formed account
+# SID is served; the password of its first request becomes its auth token, which later requests
+# must present and which signs its status callbacks.
+
+
+@pytest.fixture(scope="module")
+def open_server() -> Iterator[EmulatorServer]:
+    app = create_app({ACCOUNT: TOKEN}, callbacks=FAST, open_accounts=True)
+    with EmulatorServer(app) as server:
+        yield server
+
+
+@pytest.fixture
+def open_emulator(open_server: EmulatorServer) -> Emulator:
+    open_server.emulator.reset()
+    return open_server.emulator
+
+
+def _new_account() -> tuple[str, str]:
+    return "AC" + uuid.uuid4().hex, uuid.uuid4().hex
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_an_unknown_account_is_learned_from_its_first_create_and_its_token_then_holds(
+    open_server: EmulatorServer, open_emulator: Emulator, receiver: Receiver
+) -> None:
+    account, token = _new_account()
+    open_emulator.record_inbound(CONTACT, SENDER)
+    client = sdk(open_server, account, token)
+    message = client.messages.create(
+        to=CONTACT, from_=SENDER, body="Olá!", status_callback=receiver.url()
+    )
+    assert (message.status, message.account_sid) == ("queued", account)
+    assert fetch_until(client, message.sid, "read").account_sid == account
+    assert [m.sid for m in client.messages.list(to=CONTACT)] == [message.sid]
+    callbacks = receiver.settled(3)
+    assert statuses(callbacks) == ["sent", "delivered", "read"]
+    validator = RequestValidator(token)  # signed with the learned token, as Twilio would
+    for callback in callbacks:
+        assert callback.params["AccountSid"] == account
+        assert validator.validate(
+            callback.url, callback.params, callback.headers["X-Twilio-Signature"]
+        )
+
+    intruder = sdk(open_server, account, "another-token")
+    with pytest.raises(TwilioRestException) as raised:
+        intruder.messages.create(to=CONTACT, from_=SENDER, body="oi")
+    assert (raised.value.status, raised.value.code) == (401, 20003)
+    with pytest.raises(TwilioException, match="HTTP 401"):
+        intruder.messages(message.sid).fetch()
+    assert [r["sid"] for r in open_emulator.received()] == [message.sid]
+
+
+def test_a_list_or_a_fetch_can_be_the_first_request(
+    open_server: EmulatorServer, open_emulator: Emulator
+) -> None:
+    listed, token = _new_account()
+    assert sdk(open_server, listed, token).messages.list() == []
+    with pytest.raises(TwilioException, match="HTTP 401"):
+        sdk(open_server, listed, "not-" + token).messages.list()
+
+    fetched, token = _new_account()
+    with pytest.raises(TwilioRestException) as raised:
+        sdk(open_server, fetched, token).messages("SM" + "0" * 32).fetch()
+    assert (raised.value.status, raised.value.code) == (404, 20404)  # known now, no such message
+    with pytest.raises(TwilioRestException) as refused:
+        sdk(open_server, fetched, "not-" + token).messages("SM" + "0" * 32).fetch()
+    assert (refused.value.status, refused.value.code) == (401, 20003)
+
+
+def test_accounts_stay_separate_and_configured_tokens_cannot_be_replaced(
+    open_server: EmulatorServer, open_emulator: Emulator
+) -> None:
+    first, first_token = _new_account()
+    second, second_token = _new_account()
+    open_emulator.record_inbound(CONTACT, SENDER)
+    one = sdk(open_server, first, first_token).messages.create(to=CONTACT, from_=SENDER, body="1")
+    two = sdk(open_server, second, second_token).messages.create(to=CONTACT, from_=SENDER, body="2")
+    assert [m.sid for m in sdk(open_server, first, first_token).messages.list()] == [one.sid]
+    assert [m.sid for m in sdk(open_server, second, second_token).messages.list()] == [two.sid]
+    with pytest.raises(TwilioRestException) as cross:  # the first account's path, second's keys
+        sdk(open_server, second, second_token, account=first).messages.create(
+            to=CONTACT, from_=SENDER, body="x"
+        )
+    assert cross.value.status == 401
+
+    with pytest.raises(TwilioRestException) as configured:
+        sdk(open_server, ACCOUNT, "a-token-of-my-own").messages.create(
+            to=CONTACT, from_=SENDER, body="x"
+        )
+    assert configured.value.status == 401
+    assert sdk(open_server, ACCOUNT, TOKEN).messages.create(to=CONTACT, from_=SENDER, body="ok").sid
+
+
+@pytest.mark.parametrize(
+    ("path_account", "user", "password"),
+    [
+        ("AC" + "0" * 31, "AC" + "0" * 31, "token"),  # 31 hex digits
+        ("AC" + "g" * 32, "AC" + "g" * 32, "token"),  # not hex
+        ("MG" + "0" * 32, "MG" + "0" * 32, "token"),  # not an account SID
+        ("AC" + "1" * 32, "AC" + "2" * 32, "token"),  # credentials of another account
+        ("AC" + "3" * 32, "AC" + "3" * 32, ""),  # no password
+    ],
+    ids=["short", "not-hex", "not-an-account", "other-user", "empty-password"],
+)
+def test_malformed_accounts_or_credentials_are_not_learned(
+    open_server: EmulatorServer,
+    open_emulator: Emulator,
+    path_account: str,
+    user: str,
+    password: str,
+) -> None:
+    url = f"{open_server.url}/2010-04-01/Accounts/{path_account}/Messages.json"
+    response = httpx.post(
+        url, data={"To": CONTACT, "From": SENDER, "Body": "oi"}, headers=_basic(user, password)
+    )
+    assert (response.status_code, response.json()["code"]) == (401, 20003)
+    assert httpx.get(url).status_code == 401  # no credentials at all
+    assert open_emulator.received() == []
+
+
+def test_learned_accounts_survive_a_reset(
+    open_server: EmulatorServer, open_emulator: Emulator
+) -> None:
+    account, token = _new_account()
+    assert sdk(open_server, account, token).messages.list() == []
+    assert httpx.post(f"{open_server.url}/_emulator/reset").status_code == 204
+    with pytest.raises(TwilioException, match="HTTP 401"):
+        sdk(open_server, account, "new-" + token).messages.list()
+    assert sdk(open_server, account, token).messages.list() == []
