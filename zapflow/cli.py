@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="contact", default="whatsapp:+5511900000001", metavar="whatsapp:+E164"
     )
     chat.add_argument("--wait", type=float, default=30.0, help="seconds to wait for a reply")
+    emulator = sub.add_parser(
+        "emulator", help="serve the Twilio Messages API emulator (any account SID, open accounts)"
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    emulator.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
     schemas = sub.add_parser("schemas", help="JSON Schemas of events and commands")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
     export = schemas_sub.add_parser("export", help="write schemas/json from the code")
@@ -415,6 +420,19 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _emulator(args: argparse.Namespace, settings: Settings) -> int:
+    from emulator import create_app, run
+
+    def ready(url: str) -> None:
+        print(f"Twilio API emulator at {url} (open accounts); Ctrl-C stops it", flush=True)
+
+    try:
+        run(create_app({}, open_accounts=True), args.host, args.port, ready)
+    except OSError as exc:
+        raise ConfigurationError("--port", str(args.port), f"cannot listen ({exc})") from None
+    return 0
+
+
 def _print(value: object) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -432,6 +450,7 @@ HANDLERS: dict[str, Handler] = {
     "tenants": _tenants,
     "agents": _agents,
     "chat": _chat,
+    "emulator": _emulator,
 }
 
 

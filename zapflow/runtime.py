@@ -22,6 +22,10 @@ class Runtime:
     children: dict[str, int]
     public_url: str = ""
     """The URL the API checks Twilio signatures against (`zapflow chat` signs with it)."""
+    twilio_api_url: str = ""
+    """The Twilio REST base URL the children were given ("": none, they use their own setting)."""
+    emulator_url: str = ""
+    """The Twilio emulator `zapflow up` runs ("": none; `zapflow chat` then shows no sends)."""
 
 
 def write(path: Path, runtime: Runtime) -> None:

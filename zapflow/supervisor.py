@@ -1,9 +1,11 @@
 """`zapflow up`: the whole platform on one machine, supervised (see ADR 0005).
 
 Order of start: broker (dev Tansu unless KAFKA_BOOTSTRAP_SERVERS), PostgreSQL (embedded unless
-DATABASE_URL), migrations and topics, then the API and every worker as child processes.
-Order of stop: workers, API, PostgreSQL, broker; each gets SIGTERM, then SIGKILL after the
-grace period. A second Ctrl-C skips the grace period.
+DATABASE_URL), migrations and topics, the Twilio emulator (unless ZAPFLOW_TWILIO_API_URL; every
+other child is then given its URL as ZAPFLOW_TWILIO_API_URL), then the API and every worker as
+child processes. Order of stop: API, workers, then the projector with the emulator (after the
+sender, so its last calls are answered), PostgreSQL, broker; each gets SIGTERM, then SIGKILL
+after the grace period. A second Ctrl-C skips the grace period.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from zapflow import runtime
 from zapflow.devbroker import DevBroker, start_dev_broker
 from zapflow.devdb import DATABASE, EmbeddedPostgres, start_embedded_postgres
 from zapflow.errors import ConfigurationError
-from zapflow.processes import port_is_free, spawn, stop_all
+from zapflow.processes import free_port, port_is_free, spawn, stop_all
 from zapflow.secret_key import resolve_secret_key
 from zapflow.settings import Settings
 from zapflow.setup import check_broker, check_database, setup
@@ -105,6 +107,15 @@ def _run(
         return 130
 
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": brokers, "DATABASE_URL": database_url}
+    emulator_url = ""
+    if settings.twilio_api_url is None:
+        emulator_url = _start_emulator(stack, logs, env, timeout * 3)
+        if not emulator_url:
+            dead = _report_dead_child(stack, logs, say)
+            if dead is None and not stack.stop_requested():
+                say(f"zapflow: the Twilio emulator did not answer; see {logs / 'emulator.log'}")
+            return dead or (0 if stack.stop_requested() else 1)
+        env["ZAPFLOW_TWILIO_API_URL"] = emulator_url
     for name in ("api", *WORKERS):
         argv = [sys.executable, "-m", "zapflow", *(["api"] if name == "api" else ["worker", name])]
         with (logs / f"{name}.log").open("ab") as log:
@@ -129,15 +140,28 @@ def _run(
             | ({"broker": stack.broker.process.pid} if stack.broker else {})
             | ({"postgres": stack.database.process.pid} if stack.database else {}),
             public_url=settings.effective_public_url,
+            twilio_api_url=emulator_url or settings.twilio_api_url or "",
+            emulator_url=emulator_url,
         ),
     )
-    say(_banner(settings, stack, api_url, brokers, database_url, logs))
+    say(_banner(settings, stack, api_url, brokers, database_url, logs, emulator_url))
     while not stack.stop_requested():
         dead = _report_dead_child(stack, logs, say)
         if dead is not None:
             return dead
         time.sleep(0.2)
     return 0
+
+
+def _start_emulator(stack: _Stack, logs: Path, env: dict[str, str], timeout_s: float) -> str:
+    """The Twilio emulator as a child on a free local port; its URL once it answers, else ""."""
+    host = "127.0.0.1"
+    port = free_port(host)
+    argv = [sys.executable, "-m", "zapflow", "emulator", "--host", host, "--port", str(port)]
+    with (logs / "emulator.log").open("ab") as log:
+        stack.children["emulator"] = spawn(argv, log=log, env=env)
+    url = f"http://{host}:{port}"
+    return url if _wait_http(f"{url}/_emulator/callback-options", stack, timeout_s) else ""
 
 
 def _wait_http(url: str, stack: _Stack, timeout_s: float) -> bool:
@@ -172,8 +196,9 @@ def _shutdown(stack: _Stack, grace_s: float, say: Callable[[str], None]) -> None
 
     # The API first (no new commands), then the decider (it decides what was accepted), the
     # agent and sender, and the projector last: it drains the log into the event archive before
-    # the (in-memory) development broker stops (ADR 0009).
-    for group in (["api"], ["decider", "agent", "sender"], ["projector"]):
+    # the (in-memory) development broker stops (ADR 0009). The Twilio emulator stops with it,
+    # after the sender, whose last calls it still answers.
+    for group in (["api"], ["decider", "agent", "sender"], ["projector", "emulator"]):
         stop_all([stack.children[name] for name in group if name in stack.children], grace())
     if stack.database is not None:
         stack.database.stop(grace())
@@ -182,10 +207,16 @@ def _shutdown(stack: _Stack, grace_s: float, say: Callable[[str], None]) -> None
 
 
 def _banner(
-    settings: Settings, stack: _Stack, api_url: str, brokers: str, database_url: str, logs: Path
-) -> str:
+    settings: Settings, stack: _Stack, api_url: str, brokers: str, database_url: str, logs: Path,
+    emulator_url: str,
+) -> str:  # fmt: skip
     broker_kind = "development broker (Tansu, in memory)" if stack.broker else "external"
     db_kind = f"embedded, data in {stack.database.data_dir}" if stack.database else "external"
+    if emulator_url:
+        twilio = f"{emulator_url}   emulator (any account; zapflow chat shows what it receives)"
+    else:
+        twilio = f"{settings.twilio_api_url}   ZAPFLOW_TWILIO_API_URL"
+    processes = ", ".join(["api", *WORKERS, *(["emulator"] if emulator_url else [])])
     return "\n".join(
         [
             "",
@@ -194,7 +225,8 @@ def _banner(
             f"  public URL  {settings.effective_public_url}",
             f"  broker      {brokers}   {broker_kind}",
             f"  database    {redact(database_url)}   {db_kind}",
-            f"  processes   api, {', '.join(WORKERS)}",
+            f"  Twilio API  {twilio}",
+            f"  processes   {processes}",
             f"  logs        {logs}",
             f"  state       {settings.state_dir.resolve()}",
             "  stop        Ctrl-C (twice to skip the grace period)",

@@ -1,18 +1,45 @@
-"""`zapflow up` on the embedded default: ready, reachable from another terminal, clean stop."""
+"""`zapflow up` on the embedded default: ready, reachable from another terminal, clean stop; the
+Twilio emulator it runs unless ZAPFLOW_TWILIO_API_URL is set."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
 
+from emulator import EmulatorServer, create_app
 from projections.database import connect
 from tests.e2e.platform import all_dead, env_for, start
 
 pytestmark = pytest.mark.e2e
+SENDER = "whatsapp:+14155238886"
+CONTACT = "whatsapp:+5511912345678"
+
+
+def twilio(base_url: str, account_sid: str, token: str) -> Any:
+    """The official SDK's client pointed at `base_url` (an empty TWILIO_EDGE/REGION: see the
+    emulator's tests)."""
+    client = Client(
+        account_sid, token, http_client=TwilioHttpClient(timeout=10),
+        environment={"TWILIO_EDGE": "", "TWILIO_REGION": ""},
+    )  # fmt: skip
+    client.api.base_url = base_url
+    return client
+
+
+def child_env(pid: int) -> dict[str, str]:
+    """The environment a child process was started with (Linux)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {name.decode(): value.decode() for name, _, value in pairs}
 
 
 def _cli(state_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -57,8 +84,27 @@ def test_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> 
         children = runtime["children"]
         assert isinstance(children, dict)
         assert set(children) == {"api", "decider", "agent", "sender", "projector", "broker",
-                                 "postgres"}  # fmt: skip
+                                 "postgres", "emulator"}  # fmt: skip
         pids = platform.pids()
+
+        # No ZAPFLOW_TWILIO_API_URL: the emulator runs, every child is pointed at it, and it
+        # serves any tenant's account (open accounts: the first token presented holds).
+        emulator_url = str(runtime["emulator_url"])
+        assert emulator_url.startswith("http://127.0.0.1:")
+        assert runtime["twilio_api_url"] == emulator_url
+        for name in ("api", "decider", "agent", "sender", "projector"):
+            assert child_env(children[name])["ZAPFLOW_TWILIO_API_URL"] == emulator_url, name
+        account, token = "AC" + uuid.uuid4().hex, uuid.uuid4().hex
+        sent = twilio(emulator_url, account, token).messages.create(
+            to=CONTACT, from_=SENDER, body="Olá!"
+        )
+        assert (sent.status, sent.account_sid) == ("queued", account)
+        with pytest.raises(TwilioRestException) as refused:
+            twilio(emulator_url, account, "another-token").messages.create(
+                to=CONTACT, from_=SENDER, body="Olá!"
+            )
+        assert (refused.value.status, refused.value.code) == (401, 20003)
+        assert (state / "logs" / "emulator.log").exists()
 
         again = _cli(state, "topics", "ensure")  # another terminal: no flags, same state dir
         assert again.returncode == 0, again.stderr
@@ -71,6 +117,7 @@ def test_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> 
     assert code == 0, output
     assert "zapflow is up" in output
     assert str(platform.port) in output
+    assert f"Twilio API  {emulator_url}   emulator" in output
     assert all_dead(pids) == [], "orphans after Ctrl-C"
     assert not (state / "runtime.json").exists()
 
@@ -114,3 +161,22 @@ def test_children_die_with_a_killed_supervisor_and_up_recovers(tmp_path: Path) -
     finally:
         code, output = after.interrupt()
     assert code == 0, output
+
+
+def test_with_a_twilio_api_url_up_runs_no_emulator(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with EmulatorServer(create_app({}, open_accounts=True)) as elsewhere:
+        platform = start(state, ZAPFLOW_TWILIO_API_URL=elsewhere.url)
+        try:
+            platform.wait_ready()
+            runtime = platform.runtime()
+            children = runtime["children"]
+            assert isinstance(children, dict)
+            assert "emulator" not in children
+            assert (runtime["twilio_api_url"], runtime["emulator_url"]) == (elsewhere.url, "")
+            assert child_env(children["sender"])["ZAPFLOW_TWILIO_API_URL"] == elsewhere.url
+        finally:
+            code, output = platform.interrupt()
+    assert code == 0, output
+    assert f"Twilio API  {elsewhere.url}   ZAPFLOW_TWILIO_API_URL" in output
+    assert not (state / "logs" / "emulator.log").exists()
