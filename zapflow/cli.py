@@ -404,7 +404,11 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
     live = read_live(settings.runtime_file)
     api_url = live.api_url if live else f"http://{settings.http_host}:{settings.http_port}"
     public_url = settings.public_url or (live.public_url if live and live.public_url else None)
-    target = ChatTarget(api_url.rstrip("/"), public_url or settings.effective_public_url)
+    target = ChatTarget(
+        api_url.rstrip("/"),
+        public_url or settings.effective_public_url,
+        live.emulator_url if live else "",
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per message is noise here
     if sys.stdin.isatty():
         print(f"talking to tenant {args.tenant} as {args.contact}; Ctrl-D ends", file=sys.stderr)
