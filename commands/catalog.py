@@ -14,6 +14,7 @@ from commands.operator import (
     RequestOutboundMessage,
     ReturnToBot,
 )
+from commands.send import RecordSendResult
 from commands.tenant import RegisterTenant
 from events.registry import Message, Registry
 
@@ -28,6 +29,7 @@ COMMAND_REGISTRY: Final[Registry[Message]] = Registry(
         "CloseConversation": CloseConversation,
         "RequestOutboundMessage": RequestOutboundMessage,
         "RecordAgentTurn": RecordAgentTurn,
+        "RecordSendResult": RecordSendResult,
         "ConfigureAgent": ConfigureAgent,
     },
     upcasters={},

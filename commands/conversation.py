@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Final, assert_never
+from typing import Final, Literal, assert_never
 from uuid import UUID, uuid5
 
 from commands.agent import CLOSE_TOOL, HANDOFF_TOOL, RecordAgentTurn
@@ -24,10 +24,12 @@ from commands.operator import (
     ReturnToBot,
 )
 from commands.policy import check_send
+from commands.send import WINDOW_CLOSED_CODE, RecordSendResult
 from commands.status import advance
 from events.conversation import (
     AgentReplied,
     AgentTurnDiscarded,
+    Author,
     ContactOptedIn,
     ContactOptedOut,
     ConversationClosed,
@@ -39,11 +41,15 @@ from events.conversation import (
     DeliveryStatusChanged,
     HandoffRequested,
     InboundMessageReceived,
+    OutboundMessageBlocked,
+    OutboundMessageFailed,
     OutboundMessageRequested,
+    OutboundMessageSent,
     State,
     Status,
     ToolCall,
 )
+from events.tenant import Template
 
 SERVICE_WINDOW: Final = timedelta(hours=24)
 _NOT_IN_INBOUND_EVENT: Final = frozenset({"type", "schema_version", "account_sid"})
@@ -57,6 +63,7 @@ type ConversationCommand = (
     | CloseConversation
     | RequestOutboundMessage
     | RecordAgentTurn
+    | RecordSendResult
 )
 
 
@@ -69,6 +76,7 @@ CONVERSATION_COMMANDS: Final = (
     CloseConversation,
     RequestOutboundMessage,
     RecordAgentTurn,
+    RecordSendResult,
 )
 
 
@@ -76,6 +84,19 @@ CONVERSATION_COMMANDS: Final = (
 def conversation_id(tenant_id: UUID, contact: str) -> str:
     """One conversation per (tenant, contact address), whatever the address's shape."""
     return str(uuid5(tenant_id, f"conversation:{contact}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """One outbound message as the decider knows it."""
+
+    author: Author
+    templated: bool
+    fallback_for: str | None = None
+    outcome: Literal["sent", "failed", "blocked"] | None = None
+    fallback: str | None = None
+    """The outbound id of the template sent in its place after a 63016."""
+    sids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +113,15 @@ class Conversation:
     last_inbound_sid: str | None = None
     answered: frozenset[str] = frozenset()
     """Inbound messages whose agent turn has an outcome (replied or discarded)."""
+    inbound_index: dict[str, int] = field(default_factory=dict)
+    """Each inbound message's place in the conversation (0, 1, …)."""
+    answered_upto: int = -1
+    """The place of the newest inbound message with a turn outcome."""
+    sends: dict[str, Send] = field(default_factory=dict)
+    sid_outbound: dict[str, str] = field(default_factory=dict)
+    """Twilio SID → our outbound id, from the sender's results."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Twilio SID → the error code its failure callback carried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +136,8 @@ class Context:
     command_id: UUID
     now: datetime
     latest: datetime | None = None
+    window_template: Template | None = None
+    """The tenant's approved template for a closed window (its agent settings), if any."""
 
     @property
     def send_time(self) -> datetime:
@@ -123,7 +155,8 @@ def decide(
             moved = advance(current.statuses.get(command.message_sid), command.status)
             if moved is None:
                 return []  # a duplicate or an out-of-order callback: nothing new happened
-            return [
+            outbound_id = current.sid_outbound.get(command.message_sid)
+            changed: list[ConversationEvent] = [
                 DeliveryStatusChanged(
                     conversation_id=cid,
                     message_sid=command.message_sid,
@@ -131,8 +164,12 @@ def decide(
                     previous_status=current.statuses.get(command.message_sid),
                     error_code=command.error_code,
                     error_message=command.error_message,
+                    outbound_id=outbound_id,
                 )
             ]
+            if outbound_id is not None and command.error_code == WINDOW_CLOSED_CODE:
+                changed += _fallback(current, outbound_id, ctx)
+            return changed
         case RequestHandoff():
             _require(current, allowed={"bot"}, action="request a hand-off")
             return [HandoffRequested(conversation_id=cid, reason=command.reason,
@@ -174,8 +211,68 @@ def decide(
             ]
         case RecordAgentTurn():
             return _turn(current, command, ctx)
+        case RecordSendResult():
+            return _send_result(current, command, ctx)
         case _:
             assert_never(command)
+
+
+def _send_result(
+    current: Conversation, command: RecordSendResult, ctx: Context
+) -> list[ConversationEvent]:
+    cid, oid = current.conversation_id, command.outbound_id
+    send = current.sends.get(oid)
+    if send is None:
+        raise Rejected("unknown_outbound", f"no outbound message {oid} in this conversation")
+    if send.outcome is not None:
+        raise Rejected("send_already_recorded", f"outbound message {oid} is already {send.outcome}")
+    match command.outcome:
+        case "sent":
+            last = current.statuses.get(command.message_sids[-1])
+            events: list[ConversationEvent] = [
+                OutboundMessageSent(conversation_id=cid, outbound_id=oid,
+                                    message_sids=command.message_sids,
+                                    content_sid=command.content_sid, status=last or "queued")
+            ]  # fmt: skip
+            # A 63016 callback can overtake the sender's result: the fallback starts here then.
+            if any(current.errors.get(sid) == WINDOW_CLOSED_CODE for sid in command.message_sids):
+                events += _fallback(current, oid, ctx, templated=command.content_sid is not None)
+            return events
+        case "failed":
+            return [OutboundMessageFailed(conversation_id=cid, outbound_id=oid,
+                                          error_code=command.error_code or "",
+                                          error_message=command.error_message,
+                                          message_sids=command.message_sids)]  # fmt: skip
+        case "blocked":
+            assert command.reason is not None
+            blocked = OutboundMessageBlocked(
+                conversation_id=cid, outbound_id=oid, reason=command.reason, detail=command.detail
+            )
+            return [blocked]
+        case _:
+            assert_never(command.outcome)
+
+
+def _fallback(
+    current: Conversation, outbound_id: str, ctx: Context, templated: bool | None = None
+) -> list[ConversationEvent]:
+    """A 63016 (the window had closed) gets the tenant's window template instead, once: not for
+    a fallback or a template, not twice, not without a template, not to an opted-out contact."""
+    send = current.sends[outbound_id]
+    template = ctx.window_template
+    if (
+        template is None or current.opted_out or send.fallback_for is not None
+        or send.fallback is not None or (send.templated if templated is None else templated)
+    ):  # fmt: skip
+        return []
+    return [
+        OutboundMessageRequested(
+            conversation_id=current.conversation_id,
+            outbound_id=str(uuid5(ctx.command_id, "fallback")), author=send.author,
+            contact=current.contact, sender=current.sender, content_sid=template.content_sid,
+            content_variables=template.variables, fallback_for=outbound_id,
+        )
+    ]  # fmt: skip
 
 
 def _turn(current: Conversation, command: RecordAgentTurn, ctx: Context) -> list[ConversationEvent]:
@@ -194,10 +291,11 @@ def _turn(current: Conversation, command: RecordAgentTurn, ctx: Context) -> list
     elif current.opted_out:
         discard = AgentTurnDiscarded(conversation_id=cid, turn_id=command.turn_id,
                                      trigger_message_sid=trigger, reason="opted_out")  # fmt: skip
-    elif trigger != current.last_inbound_sid:
+    elif current.inbound_index[trigger] < current.answered_upto:
+        # A late turn (a re-run after a restart): a newer message was answered already.
         discard = AgentTurnDiscarded(
             conversation_id=cid, turn_id=command.turn_id, trigger_message_sid=trigger,
-            reason="superseded", detail=f"{current.last_inbound_sid} arrived after it",
+            reason="superseded", detail="a newer message was answered first",
         )  # fmt: skip
     if discard is not None:
         return [discard]
@@ -290,12 +388,18 @@ def evolve(current: Conversation, event: ConversationEvent) -> Conversation:
             window = event.window_open_until
             if current.window_open_until is not None:  # messages may be decided out of order
                 window = max(window, current.window_open_until)
+            index = {**current.inbound_index, event.message_sid: len(current.inbound_index)}
             return replace(
                 current, inbound_sids=current.inbound_sids | {event.message_sid},
                 window_open_until=window, last_inbound_sid=event.message_sid,
+                inbound_index=index,
             )  # fmt: skip
         case DeliveryStatusChanged():
-            return replace(current, statuses={**current.statuses, event.message_sid: event.status})
+            statuses = {**current.statuses, event.message_sid: event.status}
+            if event.error_code is None:
+                return replace(current, statuses=statuses)
+            errors = {**current.errors, event.message_sid: event.error_code}
+            return replace(current, statuses=statuses, errors=errors)
         case ContactOptedOut():
             return replace(current, opted_out=True)
         case ContactOptedIn():
@@ -309,8 +413,34 @@ def evolve(current: Conversation, event: ConversationEvent) -> Conversation:
         case ConversationClosed():
             return replace(current, state="closed")
         case OutboundMessageRequested():
-            return current
+            sends = {**current.sends, event.outbound_id: Send(
+                author=event.author, templated=event.content_sid is not None,
+                fallback_for=event.fallback_for,
+            )}  # fmt: skip
+            if event.fallback_for is not None and event.fallback_for in sends:
+                replaced = replace(sends[event.fallback_for], fallback=event.outbound_id)
+                sends[event.fallback_for] = replaced
+            return replace(current, sends=sends)
+        case OutboundMessageSent():
+            sends = dict(current.sends)
+            if event.outbound_id in sends:
+                sends[event.outbound_id] = replace(sends[event.outbound_id], outcome="sent",
+                                                   templated=sends[event.outbound_id].templated
+                                                   or event.content_sid is not None,
+                                                   sids=tuple(event.message_sids))  # fmt: skip
+            mapped = dict.fromkeys(event.message_sids, event.outbound_id)
+            return replace(current, sends=sends, sid_outbound={**current.sid_outbound, **mapped})
+        case OutboundMessageFailed() | OutboundMessageBlocked():
+            if event.outbound_id not in current.sends:
+                return current
+            outcome: Literal["failed", "blocked"] = (
+                "failed" if isinstance(event, OutboundMessageFailed) else "blocked"
+            )
+            done = replace(current.sends[event.outbound_id], outcome=outcome)
+            return replace(current, sends={**current.sends, event.outbound_id: done})
         case AgentReplied() | AgentTurnDiscarded():
-            return replace(current, answered=current.answered | {event.trigger_message_sid})
+            place = current.inbound_index.get(event.trigger_message_sid, -1)
+            return replace(current, answered=current.answered | {event.trigger_message_sid},
+                           answered_upto=max(current.answered_upto, place))  # fmt: skip
         case _:
             assert_never(event)

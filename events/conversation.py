@@ -78,6 +78,10 @@ class DeliveryStatusChanged(Message):
     previous_status: Status | None
     error_code: str | None = None
     error_message: str | None = None
+    outbound_id: str | None = Field(
+        default=None,
+        description="Our outbound message, when the sender's result naming this SID came first.",
+    )
 
 
 class ContactOptedOut(Message):
@@ -151,6 +155,56 @@ class OutboundMessageRequested(Message):
     body: str | None = None
     content_sid: str | None = None
     content_variables: dict[str, str] = Field(default_factory=dict)
+    fallback_for: str | None = Field(
+        default=None,
+        description="The outbound message this template replaces (it failed with 63016: the "
+        "24-hour window had closed). A fallback gets no fallback of its own.",
+    )
+
+
+type BlockReason = Literal["opted_out", "outside_service_window", "human_took_over"]
+
+
+class OutboundMessageSent(Message):
+    """Twilio accepted the message (201): one SID per part, in order (long text is split)."""
+
+    type: Literal["OutboundMessageSent"] = "OutboundMessageSent"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    outbound_id: str
+    message_sids: list[str] = Field(min_length=1)
+    content_sid: str | None = Field(
+        default=None, description="The template sent instead of the text (window closed)."
+    )
+    status: Status = Field(
+        default="queued",
+        description="Where the last part's status stood when recorded (callbacks can come first).",
+    )
+
+
+class OutboundMessageFailed(Message):
+    """Twilio refused the message (or part of it), or retries ran out; nothing more is tried."""
+
+    type: Literal["OutboundMessageFailed"] = "OutboundMessageFailed"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    outbound_id: str
+    error_code: str
+    error_message: str = ""
+    message_sids: list[str] = Field(
+        default_factory=list, description="Parts Twilio accepted before the failure."
+    )
+
+
+class OutboundMessageBlocked(Message):
+    """The sender's policy check stopped the message before any call to Twilio."""
+
+    type: Literal["OutboundMessageBlocked"] = "OutboundMessageBlocked"
+    schema_version: Literal[1] = 1
+    conversation_id: str
+    outbound_id: str
+    reason: BlockReason
+    detail: str = ""
 
 
 class ToolCall(_Part):
@@ -206,6 +260,9 @@ type ConversationEvent = (
     | ConversationClosed
     | ConversationReopened
     | OutboundMessageRequested
+    | OutboundMessageSent
+    | OutboundMessageFailed
+    | OutboundMessageBlocked
     | AgentReplied
     | AgentTurnDiscarded
 )
@@ -221,6 +278,9 @@ CONVERSATION_EVENTS: Final = (
     ConversationClosed,
     ConversationReopened,
     OutboundMessageRequested,
+    OutboundMessageSent,
+    OutboundMessageFailed,
+    OutboundMessageBlocked,
     AgentReplied,
     AgentTurnDiscarded,
 )

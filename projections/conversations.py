@@ -81,6 +81,11 @@ WHERE tenant_id = $1 AND twilio_sid = $2
        OR $3 IN ('failed', 'undelivered')
        OR array_position($5::text[], $3) > array_position($5::text[], status))
 """
+# The sender's result, once: the SID (of the last part) that status callbacks name from now on.
+_OUTCOME: Final = """
+UPDATE messages SET twilio_sid = coalesce($3, twilio_sid), status = $4, error_code = $5
+WHERE tenant_id = $1 AND message_id = $2 AND status = 'requested'
+"""
 _STATE: Final = """
 UPDATE conversations SET state = $3, owner = $4, updated_at = greatest(updated_at, $5)
 WHERE tenant_id = $1 AND conversation_id = $2
@@ -122,7 +127,7 @@ _SET_BASED: Final = frozenset({_MESSAGE, _RESULT})
 # Safe because they touch different columns, except `updated_at`, which only moves forward
 # (greatest), and a conversation's row, which `_START` creates first.
 _PHASES: Final = (
-    _START, _CONTACT_SEEN, _MESSAGE, _STATUS, _STATE, _OPT, _FACT, _TURN, _RESULT,
+    _START, _CONTACT_SEEN, _MESSAGE, _OUTCOME, _STATUS, _STATE, _OPT, _FACT, _TURN, _RESULT,
 )  # fmt: skip
 
 type Row = tuple[object, ...]
@@ -293,6 +298,14 @@ def _plan(envelope: EventEnvelope, event: Message) -> list[tuple[str, Row]]:
                 event.body, "[]", event.content_sid, None, "requested", envelope.occurred_at,
                 seq, preview[:PREVIEW_CHARS], at, None,
             )))  # fmt: skip
+        case ev.OutboundMessageSent():
+            sid = event.message_sids[-1]
+            out.append((_OUTCOME, (tenant, event.outbound_id, sid, event.status, None)))
+        case ev.OutboundMessageFailed():
+            last = event.message_sids[-1] if event.message_sids else None
+            out.append((_OUTCOME, (tenant, event.outbound_id, last, "failed", event.error_code)))
+        case ev.OutboundMessageBlocked():
+            out.append((_OUTCOME, (tenant, event.outbound_id, None, "blocked", event.reason)))
         case ev.DeliveryStatusChanged():
             out.append((_STATUS, (tenant, event.message_sid, event.status, event.error_code,
                                   list(STATUS_ORDER))))  # fmt: skip
@@ -343,17 +356,23 @@ def _fact(event: Message) -> tuple[str, str | None] | None:
             return "opted_out", None
         case ev.DeliveryStatusChanged() if event.status in ("failed", "undelivered"):
             return "failed", event.error_code
+        case ev.OutboundMessageFailed():
+            return "failed", event.error_code
     return None
 
 
 # `command_results` is for callers that wait on their command (`?wait=true`): the commands that
 # arrive by webhook (and their events, most of the log) have none, so they record no result.
-_WEBHOOK_COMMANDS: Final = frozenset({"ReceiveInboundMessage", "RecordDeliveryStatus"})
+# The sender's results are not waited on either.
+_WEBHOOK_COMMANDS: Final = frozenset(
+    {"ReceiveInboundMessage", "RecordDeliveryStatus", "RecordSendResult"}
+)
 _WEBHOOK_EVENTS: Final = frozenset(
     model.model_fields["type"].default
     for model in (
         ev.ConversationStarted, ev.ConversationReopened, ev.InboundMessageReceived,
         ev.ContactOptedOut, ev.ContactOptedIn, ev.DeliveryStatusChanged,
+        ev.OutboundMessageSent, ev.OutboundMessageFailed, ev.OutboundMessageBlocked,
     )
 )  # fmt: skip
 

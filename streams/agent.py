@@ -13,13 +13,12 @@ one at a time per conversation. A turn's result goes to the decider as `RecordAg
 command id is derived from (conversation, message): a turn run twice (a crash after sending it)
 is one command, and the decider keeps at most one outcome per message anyway (ADR 0007). A
 message that arrives while its conversation's turn is running gets a turn of its own once that
-one is done (the decider discards the older as superseded).
+one's outcome is decided (so the earlier reply is in its history): every message is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -30,8 +29,7 @@ from typing import Final
 from uuid import UUID, uuid5
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer
 
 from commands import conversation as conv
 from commands.agent import RecordAgentTurn
@@ -40,22 +38,24 @@ from events.catalog import EVENT_REGISTRY
 from events.conversation import (
     CONVERSATION_EVENTS,
     AgentReplied,
+    AgentTurnDiscarded,
     InboundMessageReceived,
     OutboundMessageRequested,
 )
-from events.envelope import CommandEnvelope, EventEnvelope, decode_event, encode_command
+from events.envelope import EventEnvelope
 from events.tenant import AgentConfigured, AgentSettings
 from projections import agents as agent_store
-from projections import status
 from streams import kafka
 from streams.llm import FaqAgent, Model, Role, TurnRequest, TurnResult
-from streams.topics import COMMANDS, EVENTS
+from streams.log import follow, stop_within, submit
+from streams.topics import EVENTS
 
 log = logging.getLogger("zapflow.agent")
 
 HISTORY_MESSAGES: Final = 20
 HISTORY_CHARS: Final = 12_000
 """About 3,000 tokens of recent conversation (4 characters a token)."""
+OUTCOME_WAIT_S: Final = 30.0
 _TICK_S: Final = 0.02
 _RETRY_S: Final = 1.0
 
@@ -72,8 +72,9 @@ class _Conversation:
     tenant_id: UUID
     state: conv.Conversation
     history: deque[tuple[Role, str]] = field(default_factory=lambda: deque(maxlen=HISTORY_MESSAGES))
-    submitted: set[str] = field(default_factory=set)
-    """Messages whose turn this process sent to the decider (not yet seen decided)."""
+    submitted: dict[str, float] = field(default_factory=dict)
+    """Messages whose turn this process sent to the decider (not yet seen decided), and when.
+    The conversation's next turn waits for that outcome, so it sees the reply in its history."""
 
 
 @dataclass(slots=True)
@@ -131,7 +132,10 @@ class AgentRunner:
                     self.due[cid] = self.clock() + self.options.debounce_s
             case OutboundMessageRequested() if event.body:
                 found.history.append(("assistant", event.body))
+            case AgentTurnDiscarded():
+                self._outcome(cid, found, event.trigger_message_sid)
             case AgentReplied():
+                self._outcome(cid, found, event.trigger_message_sid)
                 day = envelope.recorded_at.astimezone(UTC).date()
                 if tenant.tokens_day != day:
                     tenant.tokens_day, tenant.tokens_today = day, 0
@@ -139,10 +143,24 @@ class AgentRunner:
             case _:
                 pass
 
+    name: str = "agent"
+
+    def caught_up_with_log(self) -> None:
+        count = self.schedule_pending()
+        log.info("agent caught up with the log; %d conversations wait for a turn", count)
+
+    async def tick(self) -> None:
+        await self.start_due()
+
+    def _outcome(self, cid: str, found: _Conversation, trigger: str) -> None:
+        """A turn's outcome is in: a message that came during that turn can have its own now."""
+        if found.submitted.pop(trigger, None) is not None and self.caught_up:
+            self.due.setdefault(cid, self.clock())
+
     def schedule_pending(self) -> int:
         """After the catch-up: every conversation whose newest message still waits for a turn."""
         self.caught_up = True
-        pending = [cid for cid, c in self.conversations.items() if _waiting(c)]
+        pending = [cid for cid, c in self.conversations.items() if _waiting(c, self.clock())]
         now = self.clock()
         for cid in pending:
             self.due.setdefault(cid, now)
@@ -156,13 +174,13 @@ class AgentRunner:
         for cid in [cid for cid, at in self.due.items() if at <= now and cid not in self.running]:
             found = self.conversations.get(cid)
             del self.due[cid]
-            if found is None or not _waiting(found):
+            if found is None or not _waiting(found, now):
                 continue
             await self.slots.acquire()
             self.running.add(cid)
             trigger = found.state.last_inbound_sid
             assert trigger is not None
-            found.submitted.add(trigger)
+            found.submitted[trigger] = self.clock()
             task = asyncio.create_task(self._turn(cid, found, trigger))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -172,7 +190,7 @@ class AgentRunner:
             result = await self._result(found, trigger)
             await self._record(cid, found.tenant_id, trigger, result)
         except Exception:
-            found.submitted.discard(trigger)  # not sent: a later look retries it
+            found.submitted.pop(trigger, None)  # not sent: a later look retries it
             log.exception("agent turn failed", extra={"tenant_id": str(found.tenant_id)})
             self.due.setdefault(cid, self.clock() + _RETRY_S)
         finally:
@@ -213,32 +231,21 @@ class AgentRunner:
             tokens_out=result.tokens_out, latency_ms=result.latency_ms,
             fallback_reason=result.fallback_reason,
         )  # fmt: skip
-        envelope = CommandEnvelope(
-            command_id=turn_id, tenant_id=tenant_id, type=command.type,
-            schema_version=command.schema_version, issued_at=datetime.now(UTC),
-            correlation_id=turn_id, payload=command.payload(),
-        )  # fmt: skip
-        key, value, headers = encode_command(envelope)
-        while True:  # accepted work is never dropped: the broker comes back
-            try:
-                await self.producer.send_and_wait(COMMANDS, value, key=key, headers=headers)
-            except KafkaError as exc:
-                log.warning("could not send a turn (%s); retrying", type(exc).__name__,
-                            extra={"tenant_id": str(tenant_id)})  # fmt: skip
-                await asyncio.sleep(_RETRY_S)
-            else:
-                return
+        await submit(self.producer, tenant_id, turn_id, command, datetime.now(UTC), _RETRY_S)
 
 
-def _waiting(found: _Conversation) -> bool:
-    """The newest message has no outcome, the bot owns the conversation, no turn was sent, and
-    the 24-hour window is still open (an older message is past answering: no model call)."""
+def _waiting(found: _Conversation, now: float) -> bool:
+    """The newest message has no outcome, the bot owns the conversation, no turn of it awaits
+    its outcome (the next turn must see the previous reply; an outcome that never comes, a
+    refused command, stops waiting after `OUTCOME_WAIT_S`), and the 24-hour window is still
+    open (an older message is past answering: no model call)."""
     state, trigger = found.state, found.state.last_inbound_sid
     window = state.window_open_until
+    if any(now - at < OUTCOME_WAIT_S for at in found.submitted.values()):
+        return False
     return (
         trigger is not None and state.started and state.state == "bot" and not state.opted_out
-        and trigger not in state.answered and trigger not in found.submitted
-        and window is not None and datetime.now(UTC) < window
+        and trigger not in state.answered and window is not None and datetime.now(UTC) < window
     )  # fmt: skip
 
 
@@ -263,25 +270,9 @@ async def run_agent(
     topic: str = EVENTS,
     grace_s: float = 8.0,
 ) -> None:
-    """Run turns until `stop` is set; in-flight turns are given a moment to finish.
-
-    A stop during start-up (the supervisor gone, the broker with it) must not wait for the
-    broker's timeouts: after `grace_s` the work is cancelled. Nothing is lost by that: the
-    log is the only record of what is left to do.
-    """
-    work = asyncio.create_task(_serve(bootstrap_servers, stop, llm, reader_url, options, topic))
-    stopped = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
-            await asyncio.wait({work}, timeout=grace_s)
-        if not work.done():
-            log.warning("agent did not stop within %.0f s; cancelling it", grace_s)
-            work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-    finally:
-        stopped.cancel()
+    """Run turns until `stop` is set; in-flight turns are given a moment to finish."""
+    await stop_within(_serve(bootstrap_servers, stop, llm, reader_url, options, topic), stop,
+                      grace_s, "agent")  # fmt: skip
 
 
 async def _serve(
@@ -302,33 +293,7 @@ async def _serve(
     await consumer.start()
     runner = AgentRunner(producer, reader, llm, options)
     try:
-        ends = await _start(consumer, topic)
-        pending_ends = dict(ends)
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=int(_TICK_S * 1000), max_records=2000)
-            for records in batch.values():
-                for record in records:
-                    envelope = _decoded(record.value)
-                    if envelope is None:
-                        continue
-                    try:
-                        runner.fold(envelope)
-                    except Exception:
-                        log.exception(
-                            "agent skipped an event it cannot fold",
-                            extra={"tenant_id": str(envelope.tenant_id),
-                                   "event_id": str(envelope.event_id)},
-                        )  # fmt: skip
-            if not runner.caught_up:
-                for tp in list(pending_ends):
-                    if await consumer.position(tp) >= pending_ends[tp]:
-                        del pending_ends[tp]
-                if not pending_ends:
-                    count = runner.schedule_pending()
-                    log.info("agent caught up with the log; %d conversations wait for a turn",
-                             count)  # fmt: skip
-            if runner.caught_up:
-                await runner.start_due()
+        await follow(consumer, topic, stop, runner, _TICK_S)
         if runner.tasks:
             await asyncio.wait(runner.tasks, timeout=5.0)
     finally:
@@ -338,24 +303,3 @@ async def _serve(
         await producer.stop()
         if reader is not None:
             await reader.close()
-
-
-async def _start(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
-    """Assign every partition from offset 0; returns where each ended at start."""
-    partitions = await status.topic_partitions(consumer, topic)
-    if not partitions:
-        raise RuntimeError(f"topic {topic} does not exist; run `zapflow setup`")
-    ends = await status.log_ends(consumer, topic, partitions, {})
-    assigned = [TopicPartition(topic, p) for p in partitions]
-    for tp in assigned:
-        consumer.seek(tp, 0)  # not seek_to_beginning: ListOffsets is unreliable on Tansu
-    return {tp: ends[tp.partition] for tp in assigned if ends[tp.partition] > 0}
-
-
-def _decoded(value: bytes | None) -> EventEnvelope | None:
-    if value is None:
-        return None
-    try:
-        return decode_event(value)
-    except (ValueError, TypeError):
-        return None  # not an event: the projector reports it; nothing to answer here

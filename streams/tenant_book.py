@@ -25,7 +25,7 @@ from events.conversation import CONVERSATION_EVENTS
 from events.envelope import CommandEnvelope, EventDraft, EventEnvelope, trusted
 from events.platform import CommandRejected
 from events.registry import Message
-from events.tenant import AgentConfigured, TenantRegistered
+from events.tenant import AgentConfigured, Template, TenantRegistered
 
 # Commands re-delivered after a crash are recognised by id for this many recent commands.
 RECENT_COMMANDS: Final = 10_000
@@ -96,10 +96,16 @@ class TenantBook:
         try:
             self._guard_tenant(body)
             current = self.conversations.get(cid) or conv.Conversation(cid)
-            ctx = conv.Context(command.command_id, command.issued_at, recorded_at)
+            ctx = conv.Context(command.command_id, command.issued_at, recorded_at,
+                               window_template=self._window_template())  # fmt: skip
             return stream, list(conv.decide(current, body, ctx))
         except Rejected as rejected:
             return stream, [_rejection(command, rejected)]
+
+    def _window_template(self) -> Template | None:
+        agent = self.profile.agent if self.profile is not None else None
+        found = [t for t in agent.templates if t.purpose == "window_closed"] if agent else []
+        return found[0] if found else None
 
     def _guard_tenant(self, body: Message) -> None:
         if self.profile is None:

@@ -1,9 +1,7 @@
 """The long-running worker processes; each connects, runs its handler loop, and stops on SIGTERM.
 
 The decider runs `streams.decider`, the projector `projections.runner`, the agent
-`streams.agent`. Until its issue lands, the sender has no handler: it proves it can reach the
-broker, reports ready, and shuts down cleanly, and joins no consumer group, so no offset is
-committed past an event nobody handled.
+`streams.agent`, the sender `streams.sender`.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from streams import kafka
 if TYPE_CHECKING:  # imported by the agent alone: the other workers need no model SDK
     from streams.agent import AgentOptions
     from streams.llm import Model
+    from streams.sender import SenderOptions
 
 type WorkerName = Literal["decider", "agent", "sender", "projector"]
 WORKERS: Final[tuple[WorkerName, ...]] = ("decider", "agent", "sender", "projector")
@@ -40,6 +39,8 @@ async def run_worker(
     llm: Model | None = None,
     reader_url: str | None = None,
     agent_options: AgentOptions | None = None,
+    sender_options: SenderOptions | None = None,
+    secret_key: bytes | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -67,7 +68,13 @@ async def run_worker(
             raise WorkerStartError("projector: no database URL given")
         log.info("projector starting")
         await run_projector(bootstrap_servers, database_url, stop)
+    elif name == "sender":
+        from streams.sender import run_sender
+
+        if database_url is None or sender_options is None or secret_key is None:
+            raise WorkerStartError("sender: needs a database URL, options and the secret key")
+        log.info("sender starting (Twilio API: %s)", sender_options.twilio_api_url or "Twilio")
+        await run_sender(bootstrap_servers, database_url, secret_key, sender_options, stop)
     else:
-        log.info("%s ready (no handlers registered yet)", name)
-        await stop.wait()
+        raise WorkerStartError(f"no such worker: {name}")
     log.info("%s stopped", name)

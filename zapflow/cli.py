@@ -172,12 +172,32 @@ def _agent_setup(settings: Settings, database_url: str) -> dict[str, Any]:
     }
 
 
+def _sender_setup(settings: Settings) -> dict[str, Any]:
+    """The sender's Twilio endpoint, limits and the key that opens the tenants' tokens."""
+    from streams.sender import SenderOptions
+    from zapflow.secret_key import resolve_secret_key
+
+    return {
+        "secret_key": resolve_secret_key(settings),
+        "sender_options": SenderOptions(
+            public_url=settings.effective_public_url,
+            twilio_api_url=settings.twilio_api_url,
+            timeout_s=settings.twilio_timeout_s,
+            rate_per_sender=settings.send_rate_per_sender,
+            rate_per_recipient=settings.send_rate_per_recipient,
+            max_in_flight=settings.send_max_in_flight,
+        ),
+    }
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker import WorkerStartError, run_worker
     from zapflow.runtime import resolve
 
     endpoints = resolve(settings)
-    agent = _agent_setup(settings, endpoints.database_url) if args.name == "agent" else {}
+    extra = _agent_setup(settings, endpoints.database_url) if args.name == "agent" else {}
+    if args.name == "sender":
+        extra = _sender_setup(settings)
     try:
         asyncio.run(
             run_worker(
@@ -187,7 +207,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                 instance_id=f"{settings.instance_id}-{args.name}" if settings.instance_id else None,
                 session_timeout_ms=settings.group_session_timeout_ms,
                 database_url=endpoints.database_url,
-                **agent,
+                **extra,
             )
         )
     except WorkerStartError as exc:

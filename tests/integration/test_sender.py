@@ -1,0 +1,189 @@
+"""The sender on the real broker, PostgreSQL, decider, projector and API, against the Twilio
+emulator reached through the real `twilio` SDK: one request is one WhatsApp message whatever
+Twilio does (429, 500, no answer, a dropped connection), the policy is checked at send time,
+and a 63016 falls back to the tenant's template once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import openai
+import pytest
+from twilio.request_validator import RequestValidator
+
+from emulator import Fault
+from streams.agent import AgentOptions, run_agent
+from streams.llm import OpenAIChat
+from tests.integration import fake_openai as fake
+from tests.integration.fake_openai import FakeOpenAI
+from tests.integration.sender_rig import TEMPLATE, Rig, contact, live_rig, settled
+from tests.integration.twilio_driver import inbound, sid
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def rig(fresh_broker: str, database_url: str, db: asyncpg.Connection) -> AsyncIterator[Rig]:
+    async with live_rig(fresh_broker, database_url, db) as live:
+        yield live
+
+
+async def test_a_reply_is_one_twilio_message_whose_status_reaches_read(rig: Rig) -> None:
+    who = contact(1)
+    request, oid = rig.reply(rig.a, who, "Olá! Abrimos às 8h.")
+    await rig.send(rig.inbound(rig.a, who), request)
+    async with rig.sender():
+        row = await rig.until_status(rig.a, oid, lambda s: s == "read")
+    assert row is not None
+    assert row["status"] == "read"
+    (params,) = rig.received()
+    t = rig.a.tenant
+    assert (params["To"], params["From"], params["Body"]) == (who, t.sender, "Olá! Abrimos às 8h.")
+    assert params["StatusCallback"] == f"{rig.api_url}/v1/tenants/{t.tenant_id}/twilio/status"
+    assert row["twilio_sid"] == rig.emulator_server.emulator.received()[0]["sid"]
+
+
+async def test_rate_limits_errors_and_lost_answers_never_duplicate_a_message(rig: Rig) -> None:
+    emulator = rig.emulator_server.emulator
+    for fault in (Fault(kind="rate_limit"), Fault(kind="server_error"),
+                  Fault(kind="slow", delay_s=3.0), Fault(kind="disconnect")):  # fmt: skip
+        emulator.inject(fault)
+    requests = [rig.reply(rig.a, contact(n), f"mensagem {n}") for n in range(6)]
+    await rig.send(*(rig.inbound(rig.a, contact(n)) for n in range(6)), *(r for r, _ in requests))
+    async with rig.sender():
+        rows = [await rig.until_status(rig.a, oid, settled) for _, oid in requests]
+    assert all(row is not None and row["twilio_sid"] for row in rows), rows
+    bodies = Counter(params["Body"] for params in rig.received())
+    assert bodies == Counter(f"mensagem {n}" for n in range(6))  # each exactly once
+    # The slow and the dropped answers were created at Twilio: found, not sent again.
+    sids = {row["twilio_sid"] for row in rows if row is not None}
+    assert sids == {entry["sid"] for entry in emulator.received()}
+
+
+async def test_a_refused_message_fails_with_twilio_code(rig: Rig) -> None:
+    who = "whatsapp:not-a-number"
+    request, oid = rig.reply(rig.a, who, "Olá")
+    await rig.send(rig.inbound(rig.a, who, at_emulator=False), request)
+    async with rig.sender():
+        row = await rig.until_status(rig.a, oid, settled)
+    assert row is not None
+    assert (row["status"], row["error_code"]) == ("failed", "21211")
+    assert rig.received() == []
+
+
+async def test_outside_the_window_the_template_goes_or_nothing_does(rig: Rig) -> None:
+    """Requested inside the window, sent after it closed: A has a template, B has none."""
+    await rig.send(rig.configure(rig.a, TEMPLATE))
+    opened = datetime.now(UTC) - timedelta(hours=24) + timedelta(seconds=2)
+    pending = []
+    for keyed in (rig.a, rig.b):
+        request, oid = rig.reply(keyed, contact(7), "Posso ajudar?")
+        await rig.send(rig.inbound(keyed, contact(7), issued_at=opened), request)
+        pending.append((keyed, oid))
+    await asyncio.sleep(3.0)  # the window closes before the sender runs
+    async with rig.sender():
+        (a_row, b_row) = [await rig.until_status(k, oid, settled) for k, oid in pending]
+    assert a_row is not None
+    assert b_row is not None
+    assert a_row["status"] in ("queued", "sent", "delivered", "read")
+    assert (b_row["status"], b_row["error_code"]) == ("blocked", "outside_service_window")
+    (params,) = rig.received()
+    assert params["ContentSid"] == TEMPLATE.content_sid
+    assert "Body" not in params
+    assert params["From"] == rig.a.tenant.sender
+
+
+async def test_an_opted_out_contact_gets_nothing(rig: Rig) -> None:
+    who = contact(8)
+    request, oid = rig.reply(rig.a, who, "Temos uma promoção!")
+    await rig.send(rig.inbound(rig.a, who), request, rig.inbound(rig.a, who, "STOP"))
+    async with rig.sender():
+        row = await rig.until_status(rig.a, oid, settled)
+    assert row is not None
+    assert (row["status"], row["error_code"]) == ("blocked", "opted_out")
+    assert rig.received() == []
+
+
+async def test_63016_falls_back_to_the_template_once(rig: Rig) -> None:
+    await rig.send(rig.configure(rig.a, TEMPLATE))
+    who = contact(9)
+    request, oid = rig.reply(rig.a, who, "Seu horário foi confirmado")
+    # The platform thinks the window is open; WhatsApp (the emulator) has no inbound: 63016.
+    await rig.send(rig.inbound(rig.a, who, at_emulator=False), request)
+    async with rig.sender():
+        row = await rig.until_status(rig.a, oid, lambda s: s in ("failed", "undelivered"))
+        for _ in range(100):
+            if len(rig.received()) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)  # and nothing more comes
+    assert row is not None
+    assert row["error_code"] == "63016"
+    first, fallback = rig.received()
+    assert first["Body"] == "Seu horário foi confirmado"
+    assert fallback["ContentSid"] == TEMPLATE.content_sid
+    assert "Body" not in fallback
+    types = Counter(e.type for e in await rig.events(rig.a))
+    assert types["OutboundMessageRequested"] == 2
+    assert types["OutboundMessageSent"] == 2
+
+
+async def test_a_signed_message_is_answered_by_the_model_and_delivered_once_to_read(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole path: a signed webhook over HTTP → the model (the real openai SDK against a
+    scripted server) gets the tenant's prompt and the history → exactly one messages.create
+    with the right To/From/Body → signed status callbacks → the reply's status is `read`."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    await rig.send(rig.configure(rig.a))  # prompt: "Você atende a Clínica."
+    t, who = rig.a.tenant, contact(11)
+    llm = FakeOpenAI()
+    llm.script.append(fake.text("Abrimos às 8h."))
+    model = OpenAIChat(openai.AsyncOpenAI(api_key="sk-test", base_url=llm.base_url,
+                                          max_retries=0, timeout=10.0))  # fmt: skip
+    stop = asyncio.Event()
+    agent = asyncio.create_task(run_agent(rig.brokers, stop, model, None,
+                                          AgentOptions(debounce_s=0.0)))  # fmt: skip
+    try:
+        rig.emulator_server.emulator.record_inbound(who, t.sender, body="Que horas abrem?")
+        params = {**inbound(t, sid()), "From": who, "Body": "Que horas abrem?"}
+        path = t.path()
+        signature = RequestValidator(t.token).compute_signature(rig.api_url + path, params)
+        async with httpx.AsyncClient() as http, rig.sender():
+            answer = await http.post(rig.api_url + path, data=params,
+                                     headers={"X-Twilio-Signature": signature})  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            for _ in range(300):
+                if rig.received():
+                    break
+                await asyncio.sleep(0.1)
+            (created,) = rig.emulator_server.emulator.received()
+            oid = None
+            for _ in range(300):  # the sender's result reaches the read model
+                oid = await rig.db.fetchval(
+                    "SELECT message_id FROM messages WHERE tenant_id = $1 AND twilio_sid = $2",
+                    t.tenant_id, created["sid"],
+                )  # fmt: skip
+                if oid is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert oid is not None
+            row = await rig.until_status(rig.a, oid, lambda s: s == "read")
+    finally:
+        stop.set()
+        await agent
+        llm.close()
+    assert row is not None
+    assert row["status"] == "read"
+    (request,) = llm.requests
+    assert request["messages"][0] == {"role": "system", "content": "Você atende a Clínica."}
+    assert request["messages"][-1] == {"role": "user", "content": "Que horas abrem?"}
+    (sent,) = rig.received()
+    assert (sent["To"], sent["From"], sent["Body"]) == (who, t.sender, "Abrimos às 8h.")
+    statuses = [c["params"]["MessageStatus"] for c in rig.emulator_server.emulator.callbacks()]
+    assert "read" in statuses
