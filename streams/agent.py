@@ -67,11 +67,20 @@ class AgentOptions:
     default_model: str = "gpt-4o-mini"
 
 
+@dataclass(frozen=True, slots=True)
+class _Said:
+    role: Role
+    text: str
+    message_sid: str | None = None
+
+
 @dataclass(slots=True)
 class _Conversation:
     tenant_id: UUID
     state: conv.Conversation
-    history: deque[tuple[Role, str]] = field(default_factory=lambda: deque(maxlen=HISTORY_MESSAGES))
+    history: deque[_Said] = field(default_factory=lambda: deque(maxlen=HISTORY_MESSAGES))
+    replies_to: dict[str, str] = field(default_factory=dict)
+    """Outbound id of a turn's reply → the message the turn answered (until the reply is seen)."""
     submitted: dict[str, float] = field(default_factory=dict)
     """Messages whose turn this process sent to the decider (not yet seen decided), and when.
     The conversation's next turn waits for that outcome, so it sees the reply in its history."""
@@ -127,14 +136,17 @@ class AgentRunner:
         found.state = conv.evolve(found.state, event)
         match event:
             case InboundMessageReceived():
-                found.history.append(("user", event.body))
+                found.history.append(_Said("user", event.body, event.message_sid))
                 if self.caught_up:
                     self.due[cid] = self.clock() + self.options.debounce_s
             case OutboundMessageRequested() if event.body:
-                found.history.append(("assistant", event.body))
+                _place(found, _Said("assistant", event.body),
+                       found.replies_to.pop(event.outbound_id, None))  # fmt: skip
             case AgentTurnDiscarded():
                 self._outcome(cid, found, event.trigger_message_sid)
             case AgentReplied():
+                if event.outbound_id is not None:
+                    found.replies_to[event.outbound_id] = event.trigger_message_sid
                 self._outcome(cid, found, event.trigger_message_sid)
                 day = envelope.recorded_at.astimezone(UTC).date()
                 if tenant.tokens_day != day:
@@ -249,11 +261,25 @@ def _waiting(found: _Conversation, now: float) -> bool:
     )  # fmt: skip
 
 
-def _bounded(history: deque[tuple[Role, str]]) -> list[tuple[Role, str]]:
+def _place(found: _Conversation, said: _Said, after_sid: str | None) -> None:
+    """A bot's reply goes right after the message it answered (messages that came during the
+    turn follow it), so the model reads the conversation as question, answer, next question."""
+    history = found.history
+    at = next((i for i, s in enumerate(history) if s.message_sid == after_sid), None)
+    if after_sid is None or at is None or at == len(history) - 1:
+        history.append(said)
+        return
+    rest = [history.pop() for _ in range(len(history) - at - 1)]
+    history.append(said)
+    history.extend(reversed(rest))
+
+
+def _bounded(history: deque[_Said]) -> list[tuple[Role, str]]:
     """The most recent messages that fit in `HISTORY_CHARS`, oldest first."""
     kept: list[tuple[Role, str]] = []
     size = 0
-    for role, text in reversed(history):
+    for said in reversed(history):
+        role, text = said.role, said.text
         size += len(text)
         if kept and size > HISTORY_CHARS:
             break

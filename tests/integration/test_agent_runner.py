@@ -19,11 +19,17 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from commands.agent_config import ConfigureAgent
+from events.envelope import CommandEnvelope, encode_command
+from events.tenant import AgentSettings
 from projections.database import APP_ROLE, with_user
+from streams import kafka
 from streams.agent import AgentOptions, run_agent
 from streams.llm import OpenAIChat
+from streams.topics import COMMANDS
 from tests.integration import fake_openai as fake
 from tests.integration.fake_openai import FakeOpenAI
+from tests.integration.sender_rig import command_envelope
 from tests.integration.test_query_api import Keyed, _get
 from tests.integration.test_query_api import platform as platform  # the fixture
 from tests.integration.test_rebuild import _send
@@ -161,3 +167,55 @@ async def test_messages_that_arrived_while_no_runner_ran_are_answered_once(
         await asyncio.sleep(3.0)
     assert len(llm.requests) == 3
     assert len(_bot(await asyncio.to_thread(_messages, client, a))) == 3
+
+
+async def test_the_daily_token_budget_stops_model_calls(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str,
+    llm: FakeOpenAI,
+) -> None:  # fmt: skip
+    """Once the tenant's tokens of the day reach its budget, no model is called: the next
+    customer gets the tenant's fallback message and a person (a hand-off)."""
+    client, a, _ = platform
+    settings = AgentSettings(system_prompt="Você atende a Clínica.", daily_token_budget=10,
+                             fallback_message="Uma pessoa já vai responder.")  # fmt: skip
+    await _command(fresh_broker, command_envelope(a.tenant.tenant_id,
+                                                  ConfigureAgent(settings=settings)))  # fmt: skip
+    llm.script.append(fake.text("Olá! Abrimos às 8h."))  # usage: well over 10 tokens
+    async with runner(fresh_broker, database_url, llm):
+        await asyncio.to_thread(_send, client, a, _contact(0), "Que horas vocês abrem?")
+        await _until(lambda: _messages(client, a), lambda m: len(_bot(m)) == 1)
+        await asyncio.to_thread(_send, client, a, _contact(1), "E aos sábados?")
+        found = await _until(lambda: _messages(client, a), lambda m: len(_bot(m)) == 2)
+    assert len(llm.requests) == 1
+    (fallback,) = [m for m in _bot(found) if m["contact"] == _contact(1)]
+    assert fallback["body"] == "Uma pessoa já vai responder."
+    assert fallback["state"] == "handoff_requested"
+
+
+async def test_a_message_sent_during_a_turn_gets_its_own_reply_after_it(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str,
+    llm: FakeOpenAI,
+) -> None:  # fmt: skip
+    client, a, _ = platform
+    llm.script.extend([fake.Scripted(content="resposta 1", delay_s=1.5), fake.text("resposta 2")])
+    async with runner(fresh_broker, database_url, llm):
+        await asyncio.to_thread(_send, client, a, _contact(2), "primeira")
+        await asyncio.sleep(0.5)  # the first turn is running
+        await asyncio.to_thread(_send, client, a, _contact(2), "segunda")
+        found = await _until(lambda: _messages(client, a), lambda m: len(_bot(m)) == 2)
+    assert [m["body"] for m in _bot(found)] == ["resposta 1", "resposta 2"]
+    first, second = llm.requests
+    assert first["messages"][-1] == {"role": "user", "content": "primeira"}
+    # The second turn saw the first reply: it answers what is left, not both again.
+    assert [m["role"] for m in second["messages"][1:]] == ["user", "assistant", "user"]
+    assert second["messages"][2]["content"] == "resposta 1"
+
+
+async def _command(brokers: str, envelope: CommandEnvelope) -> None:
+    producer = kafka.producer(brokers)
+    await producer.start()
+    try:
+        key, value, headers = encode_command(envelope)
+        await producer.send_and_wait(COMMANDS, value, key=key, headers=headers)
+    finally:
+        await producer.stop()
