@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Final
@@ -39,6 +39,7 @@ from events.conversation import (
     CONVERSATION_EVENTS,
     AgentReplied,
     AgentTurnDiscarded,
+    ConversationEvent,
     InboundMessageReceived,
     OutboundMessageRequested,
 )
@@ -68,22 +69,40 @@ class AgentOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class _Said:
+class Said:
     role: Role
     text: str
     message_sid: str | None = None
 
 
 @dataclass(slots=True)
-class _Conversation:
+class AgentConversation:
+    """One conversation as the agent knows it: the decider's state and what the model is shown.
+
+    `remember` is the one fold of both, for the runner and for what-if reprocessing (ADR 0017),
+    so a reprocessed turn is given the history the live runner gave it."""
+
     tenant_id: UUID
     state: conv.Conversation
-    history: deque[_Said] = field(default_factory=lambda: deque(maxlen=HISTORY_MESSAGES))
+    history: deque[Said] = field(default_factory=lambda: deque(maxlen=HISTORY_MESSAGES))
     replies_to: dict[str, str] = field(default_factory=dict)
     """Outbound id of a turn's reply → the message the turn answered (until the reply is seen)."""
     submitted: dict[str, float] = field(default_factory=dict)
     """Messages whose turn this process sent to the decider (not yet seen decided), and when.
     The conversation's next turn waits for that outcome, so it sees the reply in its history."""
+
+    def remember(self, event: ConversationEvent) -> None:
+        self.state = conv.evolve(self.state, event)
+        match event:
+            case InboundMessageReceived():
+                self.history.append(Said("user", event.body, event.message_sid))
+            case OutboundMessageRequested() if event.body:
+                _place(self, Said("assistant", event.body),
+                       self.replies_to.pop(event.outbound_id, None))  # fmt: skip
+            case AgentReplied() if event.outbound_id is not None:
+                self.replies_to[event.outbound_id] = event.trigger_message_sid
+            case _:
+                pass
 
 
 @dataclass(slots=True)
@@ -104,7 +123,7 @@ class AgentRunner:
     options: AgentOptions
     clock: Callable[[], float] = time.monotonic
     faq: FaqAgent = field(default_factory=FaqAgent)
-    conversations: dict[str, _Conversation] = field(default_factory=dict)
+    conversations: dict[str, AgentConversation] = field(default_factory=dict)
     tenants: dict[UUID, _Tenant] = field(default_factory=dict)
     due: dict[str, float] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
@@ -131,22 +150,16 @@ class AgentRunner:
         cid = event.conversation_id
         found = self.conversations.get(cid)
         if found is None:
-            found = self.conversations[cid] = _Conversation(envelope.tenant_id,
-                                                           conv.Conversation(cid))  # fmt: skip
-        found.state = conv.evolve(found.state, event)
+            found = self.conversations[cid] = AgentConversation(envelope.tenant_id,
+                                                                conv.Conversation(cid))  # fmt: skip
+        found.remember(event)
         match event:
             case InboundMessageReceived():
-                found.history.append(_Said("user", event.body, event.message_sid))
                 if self.caught_up:
                     self.due[cid] = self.clock() + self.options.debounce_s
-            case OutboundMessageRequested() if event.body:
-                _place(found, _Said("assistant", event.body),
-                       found.replies_to.pop(event.outbound_id, None))  # fmt: skip
             case AgentTurnDiscarded():
                 self._outcome(cid, found, event.trigger_message_sid)
             case AgentReplied():
-                if event.outbound_id is not None:
-                    found.replies_to[event.outbound_id] = event.trigger_message_sid
                 self._outcome(cid, found, event.trigger_message_sid)
                 day = envelope.recorded_at.astimezone(UTC).date()
                 if tenant.tokens_day != day:
@@ -164,7 +177,7 @@ class AgentRunner:
     async def tick(self) -> None:
         await self.start_due()
 
-    def _outcome(self, cid: str, found: _Conversation, trigger: str) -> None:
+    def _outcome(self, cid: str, found: AgentConversation, trigger: str) -> None:
         """A turn's outcome is in: a message that came during that turn can have its own now."""
         if found.submitted.pop(trigger, None) is not None and self.caught_up:
             self.due.setdefault(cid, self.clock())
@@ -197,7 +210,7 @@ class AgentRunner:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _turn(self, cid: str, found: _Conversation, trigger: str) -> None:
+    async def _turn(self, cid: str, found: AgentConversation, trigger: str) -> None:
         try:
             result = await self._result(found, trigger)
             await self._record(cid, found.tenant_id, trigger, result)
@@ -209,12 +222,11 @@ class AgentRunner:
             self.running.discard(cid)
             self.slots.release()
 
-    async def _result(self, found: _Conversation, trigger: str) -> TurnResult:
+    async def _result(self, found: AgentConversation, trigger: str) -> TurnResult:
         tenant = self.tenants[found.tenant_id]
-        kind, settings = effective(tenant.settings, self.llm is not None)
-        model: Model = self.llm if kind == "llm" and self.llm is not None else self.faq
-        name = (settings.model or self.options.default_model) if model is self.llm else FAQ_MODEL
-        request = TurnRequest(found.tenant_id, settings, name, _bounded(found.history))
+        model, request = turn_request(found, tenant.settings, self.llm, self.faq,
+                                      self.options.default_model)  # fmt: skip
+        settings, name = request.settings, request.model
         budget = settings.daily_token_budget
         today = datetime.now(UTC).date()
         spent = tenant.tokens_today if tenant.tokens_day == today else 0
@@ -236,17 +248,22 @@ class AgentRunner:
 
     async def _record(self, cid: str, tenant_id: UUID, trigger: str, result: TurnResult) -> None:
         turn_id = uuid5(tenant_id, f"turn:{cid}:{trigger}")
-        command = RecordAgentTurn(
-            conversation_id=cid, turn_id=str(turn_id), trigger_message_sid=trigger,
-            agent=result.agent, model=result.model, prompt_hash=result.prompt_hash,
-            reply=result.reply, tool_calls=result.tool_calls, tokens_in=result.tokens_in,
-            tokens_out=result.tokens_out, latency_ms=result.latency_ms,
-            fallback_reason=result.fallback_reason,
-        )  # fmt: skip
+        command = turn_command(cid, trigger, turn_id, result)
         await submit(self.producer, tenant_id, turn_id, command, datetime.now(UTC), _RETRY_S)
 
 
-def _waiting(found: _Conversation, now: float) -> bool:
+def turn_command(cid: str, trigger: str, turn_id: UUID, result: TurnResult) -> RecordAgentTurn:
+    """What the decider is asked to record for a turn's result."""
+    return RecordAgentTurn(
+        conversation_id=cid, turn_id=str(turn_id), trigger_message_sid=trigger,
+        agent=result.agent, model=result.model, prompt_hash=result.prompt_hash,
+        reply=result.reply, tool_calls=result.tool_calls, tokens_in=result.tokens_in,
+        tokens_out=result.tokens_out, latency_ms=result.latency_ms,
+        fallback_reason=result.fallback_reason,
+    )  # fmt: skip
+
+
+def _waiting(found: AgentConversation, now: float) -> bool:
     """The newest message has no outcome, the bot owns the conversation, no turn of it awaits
     its outcome (the next turn must see the previous reply; an outcome that never comes, a
     refused command, stops waiting after `OUTCOME_WAIT_S`), and the 24-hour window is still
@@ -261,7 +278,20 @@ def _waiting(found: _Conversation, now: float) -> bool:
     )  # fmt: skip
 
 
-def _place(found: _Conversation, said: _Said, after_sid: str | None) -> None:
+def turn_request(
+    found: AgentConversation, settings: AgentSettings | None, llm: Model | None, faq: Model,
+    default_model: str,
+) -> tuple[Model, TurnRequest]:  # fmt: skip
+    """Which model answers the conversation's next turn, and what it is given: the LLM when the
+    platform has one (the settings' model, else the default), else the FAQ agent; the tenant's
+    settings (or the defaults); the most recent messages that fit."""
+    kind, chosen = effective(settings, llm is not None)
+    model: Model = llm if kind == "llm" and llm is not None else faq
+    name = (chosen.model or default_model) if model is llm else FAQ_MODEL
+    return model, TurnRequest(found.tenant_id, chosen, name, bounded(found.history))
+
+
+def _place(found: AgentConversation, said: Said, after_sid: str | None) -> None:
     """A bot's reply goes right after the message it answered (messages that came during the
     turn follow it), so the model reads the conversation as question, answer, next question."""
     history = found.history
@@ -274,7 +304,7 @@ def _place(found: _Conversation, said: _Said, after_sid: str | None) -> None:
     history.extend(reversed(rest))
 
 
-def _bounded(history: deque[_Said]) -> list[tuple[Role, str]]:
+def bounded(history: Sequence[Said]) -> list[tuple[Role, str]]:
     """The most recent messages that fit in `HISTORY_CHARS`, oldest first."""
     kept: list[tuple[Role, str]] = []
     size = 0
