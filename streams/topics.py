@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -12,9 +13,29 @@ from aiokafka.errors import IncompatibleBrokerVersion
 COMMANDS: Final = "zapflow.commands"
 EVENTS: Final = "zapflow.events"
 DLQ: Final = "zapflow.dlq"
+SHADOW_PREFIX: Final = "zapflow.shadow."
+"""What-if runs (ADR 0017): `zapflow.shadow.<run>`, written by `zapflow reprocess` only and read
+by its report only; never by the decider, the sender or a projector."""
+_RUN_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 _DAY_MS: Final = 24 * 3600 * 1000
 _TOPIC_ALREADY_EXISTS: Final = 36
+SHADOW_CONFIGS: Final = {"retention.ms": str(30 * _DAY_MS), "cleanup.policy": "delete"}
+
+
+def shadow_topic(run: str) -> str:
+    """The topic of what-if run `run`; `ValueError` unless the name is 1 to 63 characters of
+    a-z, 0-9, `-` and `_`, starting with a letter or digit (no dots: a run is one topic, never a
+    prefix of another run's)."""
+    if not _RUN_NAME.fullmatch(run):
+        raise ValueError(
+            "must be 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        )
+    return SHADOW_PREFIX + run
+
+
+def is_shadow(topic: str) -> bool:
+    return topic.startswith(SHADOW_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
