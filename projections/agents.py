@@ -20,6 +20,8 @@ from projections.batch import ModuleProjection
 from projections.database import Conn
 
 NAME: Final = "agent_settings"
+TABLES: Final = ("agent_settings", "faq_entries")
+"""The tables it writes (in `public`; a per-tenant rebuild replaces one tenant's rows of them)."""
 PROJECTOR_ROLE: Final = "zapflow_projector"
 _LANGUAGES: Final = {"pt": "portuguese", "es": "spanish", "en": "english", "fr": "french",
                      "it": "italian", "de": "german"}  # fmt: skip

@@ -33,7 +33,9 @@ log = logging.getLogger("zapflow.projections")
 DDL_DIR: Final = Path(__file__).resolve().parent.parent / "schemas" / "projections"
 TABLES: Final[dict[str, tuple[str, ...]]] = {conversations.NAME: conversations.TABLES}
 """The versioned projections and the tables each version has."""
-_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('zapflow.projection_versions'))"
+LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('zapflow.projection_versions'))"
+"""Taken by whatever changes which version is active or drops one, and by a per-tenant rebuild's
+swap (`projections.tenant_rebuild`), which must find the version it built for still active."""
 
 
 class UnknownProjection(ValueError):
@@ -96,7 +98,7 @@ async def begin(conn: Conn, name: str) -> Version:
     if name not in TABLES:
         raise UnknownProjection(_unknown(name))
     async with conn.transaction():
-        await conn.execute(_LOCK)
+        await conn.execute(LOCK)
         known = await versions(conn, name)
         if not any(v.state == "active" for v in known):
             raise RebuildRefused(f"{name} has no active version; run `zapflow setup`")
@@ -123,7 +125,7 @@ async def swap(conn: Conn, built: Version) -> Version:
     """Make `built` the active version and retire the one it replaces, in one transaction;
     returns the retired one."""
     async with conn.transaction():
-        await conn.execute(_LOCK)
+        await conn.execute(LOCK)
         known = {v.version: v for v in await versions(conn, built.projection)}
         if known.get(built.version, built).state != "building":
             raise RebuildRefused(f"{built.projection} version {built.version} is not being built")
@@ -148,7 +150,7 @@ async def drop_old(conn: Conn, name: str | None = None) -> list[Version]:
         raise UnknownProjection(_unknown(name))
     dropped = []
     async with conn.transaction():
-        await conn.execute(_LOCK)
+        await conn.execute(LOCK)
         for old in [v for v in await versions(conn, name) if v.state == "retired"]:
             if old.schema == "public":
                 tables = ", ".join(f"public.{table}" for table in TABLES[old.projection])
