@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fill a new version of NAME from offset 0 while the active one serves, then swap",
     )
     rebuild.add_argument("name", metavar="NAME", help="the projection (conversations)")
+    rebuild.add_argument(
+        "--tenant", type=_uuid, metavar="TENANT_ID",
+        help="replace only this tenant's rows of the active version, re-projected from the log "
+        "while the projector runs (conversations, agent_settings)",
+    )  # fmt: skip
     drop_old = projections_sub.add_parser(
         "drop-old", help="drop the tables of retired versions (of NAME, or of every projection)"
     )
@@ -298,6 +303,7 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _projections(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.tenant_rebuild import UnknownTenant
     from projections.versions import RebuildRefused, UnknownProjection
     from zapflow.runtime import resolve
 
@@ -308,9 +314,9 @@ def _projections(args: argparse.Namespace, settings: Settings) -> int:
         return 1 if any(row.state == "stopped" for row in rows) else 0
     try:
         _print(asyncio.run(_projection_versions(args, endpoints, settings.connect_timeout_s)))
-    except (UnknownProjection, RebuildRefused) as exc:
+    except (UnknownProjection, UnknownTenant, RebuildRefused) as exc:
         print(f"zapflow: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UnknownProjection) else 1
+        return 2 if isinstance(exc, UnknownProjection | UnknownTenant) else 1
     return 0
 
 
@@ -331,6 +337,15 @@ async def _projection_versions(
         def progress(done: int, total: int) -> None:
             print(f"rebuild {args.name}: {done:,} of {total:,} records", file=sys.stderr)
 
+        if args.tenant is not None:
+            from projections import tenant_rebuild
+
+            return tenant_rebuild.describe(
+                await tenant_rebuild.rebuild_tenant(
+                    endpoints.bootstrap_servers, database_url, args.name, args.tenant, EVENTS,
+                    progress,
+                )
+            )  # fmt: skip
         rebuilt = await versions.rebuild(
             endpoints.bootstrap_servers, database_url, args.name, EVENTS, progress
         )

@@ -18,6 +18,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from fastapi.testclient import TestClient
 
 from commands import conversation as conv
 from commands.agent import RecordAgentTurn
@@ -39,9 +40,15 @@ from projections.database import connect
 from projections.versions import RebuildRefused
 from streams.log import Position, append
 from streams.tenant_book import TenantBook
+from streams.topics import EVENTS
 from tests.integration.test_conversation_projection import T0, _operator
 from tests.integration.test_decider import inbound, register
+from tests.integration.test_projections_status import cli_env as cli_env  # the fixture
+from tests.integration.test_projections_status import run_cli
 from tests.integration.test_projector import caught_up, ends, eventually, projector
+from tests.integration.test_query_api import Keyed, _until
+from tests.integration.test_query_api import platform as platform  # the fixture
+from tests.integration.test_rebuild import _contact, _previews, _send
 
 pytestmark = pytest.mark.integration
 
@@ -355,3 +362,114 @@ async def test_what_the_rebuild_refuses_changes_nothing(
         await rebuild(conversations.NAME, a.tenant)
     assert await _rows(db, "public", a.tenant) == damaged
     assert not await db.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild%'")
+
+
+@pytest.mark.usefixtures("cli_env")
+async def test_the_command_repairs_one_tenant_while_webhooks_and_queries_go_on(
+    platform: tuple[TestClient, Keyed, Keyed], db: asyncpg.Connection, fresh_broker: str,
+    database_url: str, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The whole platform runs (decider, live projector, API); A's rows are damaged; the
+    command runs while both tenants' webhooks keep arriving and A's conversations are listed
+    in a loop. Every answer is A before or A after, never between; B's rows are never
+    rewritten; in the end A's and B's rows are what a projection from scratch gives."""
+    client, a, b = platform
+    ta, tb = a.tenant.tenant_id, b.tenant.tenant_id
+    for n in range(3):
+        await asyncio.to_thread(_send, client, a, _contact(n), f"mensagem {n}")
+    await asyncio.to_thread(_send, client, b, _contact(0), "segredo de B")
+    expected = {_contact(n): f"mensagem {n}" for n in range(3)}
+    assert await _until(lambda: _previews(client, a), lambda p: p == expected) == expected
+    only_b = {_contact(0): "segredo de B"}
+    assert await _until(lambda: _previews(client, b), lambda p: p == only_b) == only_b
+    await db.execute("UPDATE conversations SET last_message_preview = 'damaged' "
+                     "WHERE tenant_id = $1 AND contact <> $2", ta, _contact(2))  # fmt: skip
+    await db.execute("DELETE FROM conversations WHERE tenant_id = $1 AND contact = $2",
+                     ta, _contact(2))  # fmt: skip
+    await db.execute("DELETE FROM messages WHERE tenant_id = $1 AND body = 'mensagem 1'", ta)
+    await db.execute("UPDATE contacts SET opted_out = true WHERE tenant_id = $1", ta)
+    damaged = {_contact(0): "damaged", _contact(1): "damaged"}
+    assert await asyncio.to_thread(_previews, client, a) == damaged
+    b_before = await _physical(db, tb)
+
+    command = ("projections", "rebuild", "conversations", "--tenant", str(ta))
+    rebuild = asyncio.create_task(run_cli(capsys, *command))
+    pages: list[dict[str, str]] = []
+    sent = 10
+    while not rebuild.done() and sent < 90:  # A's and B's new contacts write meanwhile
+        await asyncio.to_thread(_send, client, a, _contact(sent), f"A durante {sent}")
+        await asyncio.to_thread(_send, client, b, _contact(sent), f"B durante {sent}")
+        pages.append(await asyncio.to_thread(_previews, client, a))
+        sent += 1
+    code, out, err = await rebuild
+    assert code == 0, err
+    seen = [_version(page, damaged, expected) for page in pages]
+    assert seen, "no query ran during the rebuild"
+    assert seen[0] == "before", seen
+    assert set(seen) <= {"before", "after"}, seen  # never half: one transaction
+    assert seen == sorted(seen, key=lambda v: v != "before"), seen  # and never back
+    # Deleted: the rows that were wrong (a conversation the live projector had only started
+    # may count too); inserted: their right versions and, besides, what the staging had read
+    # and the live projector not yet applied (it will skip those).
+    deleted = {t: c["deleted"] for t, c in out["tables"].items()}
+    inserted = {t: c["inserted"] for t, c in out["tables"].items()}
+    assert deleted.pop("conversations") >= 2, out
+    assert deleted == {"messages": 0, "contacts": 3, "command_results": 0,
+                       "conversation_facts": 0, "agent_turns": 0}, out  # fmt: skip
+    assert (inserted["conversations"], inserted["messages"], inserted["contacts"]) >= (3, 1, 3)
+    assert (out["projection"], out["tenant_id"], out["version"]) == ("conversations", str(ta), 1)
+
+    await asyncio.to_thread(_send, client, a, _contact(99), "depois")
+    await asyncio.to_thread(_send, client, b, _contact(99), "B depois")
+    final_a = expected | {_contact(n): f"A durante {n}" for n in range(10, sent)}
+    final_a[_contact(99)] = "depois"
+    final_b = only_b | {_contact(n): f"B durante {n}" for n in range(10, sent)}
+    final_b[_contact(99)] = "B depois"
+    assert await _until(lambda: _previews(client, a), lambda p: p == final_a) == final_a
+    assert await _until(lambda: _previews(client, b), lambda p: p == final_b) == final_b
+    b_after = await _physical(db, tb)
+    assert all(b_before[t] <= b_after[t] for t in b_before)  # no row of B rewritten
+    added = {t: len(b_after[t] - b_before[t]) for t in b_before}
+    new_b = sent - 10 + 1  # B's new contacts, each one conversation and one message
+    assert added == {"conversations": new_b, "messages": new_b, "contacts": new_b,
+                     "command_results": 0, "conversation_facts": 0, "agent_turns": 0}  # fmt: skip
+
+    code, rows, err = await run_cli(capsys, "projections", "status")
+    assert code == 0, err
+    assert not [r for r in rows if r["projection"].startswith("rebuild")]
+    code, listed, _ = await run_cli(capsys, "projections", "versions")
+    assert [(v["version"], v["state"]) for v in listed] == [(1, "active")]
+
+    fresh = await _fresh(fresh_broker, database_url, EVENTS)
+    for tenant in (ta, tb):
+        assert await _rows(db, "public", tenant) == await _rows(db, fresh, tenant)
+
+
+def _version(page: dict[str, str], before: dict[str, str], after: dict[str, str]) -> str:
+    """Which A a page of conversations shows, looking at the contacts that were damaged."""
+    core = {contact: preview for contact, preview in page.items() if contact in after}
+    return "before" if core == before else "after" if core == after else f"half: {core}"
+
+
+@pytest.mark.usefixtures("cli_env")
+async def test_the_command_refuses_bad_input_and_changes_nothing(
+    migrated: asyncpg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tenant = str(uuid.uuid4())
+    code, out, err = await run_cli(capsys, "projections", "rebuild", "contacts", "--tenant", tenant)
+    assert (code, out) == (2, None)
+    assert "unknown projection 'contacts' for a per-tenant rebuild; it can rebuild: " \
+           "agent_settings, conversations" in err  # fmt: skip
+    code, out, err = await run_cli(
+        capsys, "projections", "rebuild", "conversations", "--tenant", tenant
+    )
+    assert (code, out) == (2, None)
+    assert f"zapflow: error: unknown tenant {tenant}: not in the tenant directory" in err
+    with pytest.raises(SystemExit) as exited:
+        await run_cli(capsys, "projections", "rebuild", "conversations", "--tenant", "A")
+    assert exited.value.code == 2
+    assert "argument --tenant: not a tenant id: 'A'" in capsys.readouterr().err
+    assert not await migrated.fetchval(
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild%'"
+    )
+    assert not await migrated.fetchval("SELECT count(*) FROM projection_tenant_seq")
