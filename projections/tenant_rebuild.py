@@ -252,7 +252,10 @@ async def _build_and_swap(
             reader.seek(tp, 0)  # not seek_to_beginning: ListOffsets is unreliable on Tansu
         build.next = dict.fromkeys(partitions, 0)
         for attempt in range(1, max_attempts + 1):
-            ends = await status.log_ends(ends_reader, topic, partitions, build.next)
+            try:
+                ends = await status.log_ends(ends_reader, topic, partitions, build.next)
+            except TimeoutError as exc:
+                raise RebuildRefused(f"{exc}; is the broker up? nothing replaced") from None
             await _check_log_ends(build.conn, target, topic, ends)
             await build.read(reader, topic, ends, progress)
             if before_swap is not None:
