@@ -104,7 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--sender", action="append", required=True, help="whatsapp:+E164 (repeat for more)"
     )
+    _reprocess_parser(sub)
     return parser
+
+
+def _reprocess_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    reprocess = sub.add_parser(
+        "reprocess", help="what-if: candidate agent settings over past turns, into a shadow topic"
+    )
+    actions = reprocess.add_subparsers(dest="reprocess_command", required=True, metavar="ACTION")
+    agent = actions.add_parser(
+        "agent", help="run the candidate over the turns in [--since, --until) into "
+        "zapflow.shadow.NAME (nothing is sent, no command or event is written)",
+    )  # fmt: skip
+    agent.add_argument("--tenant", required=True, type=_uuid, metavar="TENANT_ID")
+    agent.add_argument("--since", required=True, metavar="ISO", help="from, inclusive (UTC)")
+    agent.add_argument("--until", required=True, metavar="ISO", help="to, exclusive (UTC)")
+    agent.add_argument("--config", required=True, metavar="FILE", help="agent settings (JSON/YAML)")
+    agent.add_argument("--run", required=True, metavar="NAME", help="a-z 0-9 - _, 63 at most")
+    agent.add_argument("--concurrency", type=int, default=8, help="turns at once (default 8)")
+    agent.add_argument("--force", action="store_true", help="replace an existing run NAME")
+    report = actions.add_parser("report", help="compare run NAME with the original turns")
+    report.add_argument("run", metavar="NAME")
+    report.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
@@ -472,6 +494,14 @@ def _emulator(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _reprocess(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow.reprocess import agent_command, report_command
+
+    if args.reprocess_command == "report":
+        return report_command(args, settings)
+    return agent_command(args, settings, _agent_setup)
+
+
 def _print(value: object) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -490,6 +520,7 @@ HANDLERS: dict[str, Handler] = {
     "agents": _agents,
     "chat": _chat,
     "emulator": _emulator,
+    "reprocess": _reprocess,
 }
 
 
