@@ -52,7 +52,7 @@ PROJECTOR_ROLE: Final = "zapflow_projector"
 _IDLE_S: Final = 10.0
 _FETCH_MS: Final = 500
 _PROGRESS_S: Final = 0.5
-_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]*$")
+_NAME: Final = re.compile(r"[a-z_][a-z0-9_]*")
 
 type Apply = Callable[[Conn, Sequence[EventEnvelope], str], Awaitable[None]]
 """Project events, in log order, inside the caller's transaction, into the tables of a schema."""
@@ -101,7 +101,7 @@ class TableChange:
     rows: int
     """The tenant's rows after the swap."""
     deleted: int
-    """Rows that were not what the log gives (wrong, or not there at all): deleted."""
+    """The tenant's rows that were not what the log gives (wrong or extra): deleted."""
     inserted: int
     """Rows the log gives that were wrong or missing: inserted."""
 
@@ -132,7 +132,7 @@ def staging_schema(name: str, tenant_id: UUID) -> str:
 
 def _ident(name: str) -> str:
     """`name` as an SQL identifier; only plain lower-case names are ever used."""
-    if not _NAME.match(name) or len(name) > 63:
+    if not _NAME.fullmatch(name) or len(name) > 63:
         raise ValueError(f"not a plain SQL name: {name!r}")
     return name
 
