@@ -80,8 +80,9 @@ class SenderOptions:
     rate_per_sender: float = 80.0
     rate_per_recipient: float = 5.0
     max_in_flight: int = 64
-    settle_s: float = 3.0
-    """After an unanswered call's timeout, how long before its message is looked up."""
+    settle_s: float = 15.0
+    """After an unanswered call's timeout, how long before its message is looked up: Twilio
+    may still be processing the call, and a lookup before it is done would send it twice."""
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
     max_attempts: int = 8

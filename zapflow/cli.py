@@ -210,6 +210,7 @@ def _sender_setup(settings: Settings) -> dict[str, Any]:
             public_url=settings.effective_public_url,
             twilio_api_url=settings.twilio_api_url,
             timeout_s=settings.twilio_timeout_s,
+            settle_s=settings.twilio_settle_s,
             rate_per_sender=settings.send_rate_per_sender,
             rate_per_recipient=settings.send_rate_per_recipient,
             max_in_flight=settings.send_max_in_flight,

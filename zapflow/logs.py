@@ -13,7 +13,10 @@ from typing import Final
 
 import orjson
 
-_CONTEXT: Final = ("tenant_id", "correlation_id", "event_id", "command_id")
+_CONTEXT: Final = ("tenant_id", "correlation_id", "event_id", "command_id", "outbound_id")
+_QUIET: Final = ("httpx", "httpcore", "twilio")
+"""HTTP client libraries log each request's URL at INFO, and a Twilio lookup's URL holds the
+contact's number (`To=`): only their warnings are logged."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,3 +45,5 @@ def configure(level: str, process_name: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(process_name))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))

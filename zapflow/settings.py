@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         "and points the sender at it; a sender outside `zapflow up` uses https://api.twilio.com.",
     )
     twilio_timeout_s: float = Field(10.0, gt=0, description="Limit of each Twilio API call.")
+    twilio_settle_s: float = Field(
+        15.0, ge=0,
+        description="After an unanswered call's timeout, how long before the message is looked "
+        "up at Twilio (it may still be processing the call) and, if absent, sent again.",
+    )  # fmt: skip
     send_rate_per_sender: float = Field(
         80.0, gt=0, description="Messages per second per WhatsApp sender (excess waits)."
     )
