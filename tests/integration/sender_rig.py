@@ -110,7 +110,7 @@ class Rig:
     def options(self, **overrides: Any) -> SenderOptions:
         values: dict[str, Any] = {
             "public_url": self.api_url, "twilio_api_url": self.emulator_url, "timeout_s": 1.0,
-            "settle_s": 0.5, "backoff_s": 0.1, "backoff_max_s": 1.0,
+            "settle_s": 2.0, "backoff_s": 0.1, "backoff_max_s": 1.0,
         }  # fmt: skip
         return SenderOptions(**(values | overrides))
 
