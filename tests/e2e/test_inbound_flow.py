@@ -144,11 +144,14 @@ def test_webhooks_become_events_and_survive_a_restart(tmp_path: Path) -> None:
     assert code == 0, output
     assert "restored" in output
     assert after[: len(before)] == before  # same partitions, offsets and events
-    assert [e.type for _, e in after[len(before) :]] == [
+    new = [e.type for _, e in after[len(before) :]]
+    assert new[:5] == [
         "InboundMessageReceived", "ContactOptedIn",
         "AgentReplied", "OutboundMessageRequested", "HandoffRequested",
     ]  # fmt: skip
-    replied = after[-3][1].payload
+    # The sender may already have recorded the reply going out (and Twilio's verdict on it).
+    assert set(new[5:]) <= {"OutboundMessageSent", "DeliveryStatusChanged"}, new
+    replied = after[len(before) + 2][1].payload
     assert (replied["agent"], replied["trigger_message_sid"]) == ("faq", "SM" + "6" * 32)
     assert verify_chain([e for _, e in after]).ok
     assert (conversation["contact"], conversation["state"]) == (CONTACT, "handoff_requested")
