@@ -56,7 +56,7 @@ from streams import kafka
 from streams.ledger import Ledger, Part
 from streams.log import follow, stop_within, submit
 from streams.rate import Limits
-from streams.topics import EVENTS
+from streams.topics import EVENTS, is_shadow
 from streams.twilio_api import (
     Created,
     HttpxTwilioClient,
@@ -408,7 +408,10 @@ async def run_sender(
     grace_s: float = 8.0,
 ) -> None:
     """Send until `stop` is set; in-flight sends get a moment to finish, then are cancelled
-    (their ledger rows stay `attempting` and are reconciled at the next start)."""
+    (their ledger rows stay `attempting` and are reconciled at the next start). A what-if
+    run's shadow topic is refused: nothing decided there may ever reach a customer."""
+    if is_shadow(topic):
+        raise ValueError(f"the sender never reads a shadow topic ({topic})")
     work = _serve(bootstrap_servers, database_url, secret_key, options, stop, topic)
     await stop_within(work, stop, grace_s, "sender")
 
