@@ -8,7 +8,7 @@ reordering any event of a tenant is detectable from the events alone.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -33,6 +33,9 @@ GENESIS: Final = ChainHead()
 # Keys sorted; UTC written "Z" as pydantic's JSON mode writes it, so sealing can dump the draft's
 # own values (UUIDs, datetimes) and get the bytes `model_dump(mode="json")` would give.
 _CANONICAL: Final = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
+_HASH_FIELD: Final = b',"hash":"'
+_HASH_FIELD_LENGTH: Final = len(_HASH_FIELD) + 64 + 1  # the hex digest and its closing quote
+_QUOTE: Final = ord('"')
 
 
 def _digest(prev_hash: str, body: dict[str, object]) -> str:
@@ -43,6 +46,43 @@ def _digest(prev_hash: str, body: dict[str, object]) -> str:
 def compute_hash(envelope: EventEnvelope) -> str:
     """The hash `envelope` must carry, recomputed from all of its other fields."""
     return _digest(envelope.prev_hash, envelope.model_dump(mode="json", exclude={"hash"}))
+
+
+def hash_of_fields(fields: Mapping[str, object]) -> str:
+    """The hash an event must carry, from its fields as JSON values (a record value parsed as it
+    is, without building an envelope, as the audit replay reads it). Same recipe as
+    `compute_hash`, so for every event sealed here the two agree."""
+    body = {name: value for name, value in fields.items() if name != "hash"}
+    return _digest(str(fields["prev_hash"]), body)
+
+
+def carries_its_hash(fields: Mapping[str, object], value: bytes) -> bool:
+    """Whether the record value `value`, parsed into `fields`, carries the hash its content must.
+
+    A value sealed here is the canonical JSON of every field, so the canonical JSON of all but
+    `hash` is the value with `,"hash":"…"` cut out (it never comes first: `causation_id` sorts
+    before it); hashing those bytes needs no re-serialising (the audit replay's hot path). Any
+    other value is judged by `hash_of_fields`, so the verdict is always the recipe's.
+    """
+    digest, prev_hash = fields.get("hash"), fields.get("prev_hash")
+    if type(digest) is not str or type(prev_hash) is not str:
+        return False
+    cut = value.find(_HASH_FIELD)
+    end = cut + _HASH_FIELD_LENGTH
+    if cut > 0 and end <= len(value) and value[end - 1] == _QUOTE:
+        # Cutting anything but this event's own `,"hash":"…"` leaves bytes that cannot hash to
+        # it (they would contain their own hash); no need to compare the cut-out characters.
+        sealed = hashlib.sha256(prev_hash.encode())
+        sealed.update(b"\n")
+        view = memoryview(value)
+        sealed.update(view[:cut])
+        sealed.update(view[end:])
+        if sealed.hexdigest() == digest:
+            return True
+    try:
+        return hash_of_fields(fields) == digest
+    except (KeyError, TypeError):
+        return False
 
 
 def seal(draft: EventDraft, head: ChainHead) -> EventEnvelope:

@@ -1,0 +1,234 @@
+"""Audit exports: NDJSON of record values, their manifest, and checking both offline.
+
+An export is one event per line, each line the record value exactly as it is on the log (the
+sealed JSON: keys sorted, compact, UTF-8), so anyone can recompute every hash from the line
+alone (docs/audit.md). The manifest says what was asked for and what was found: tenant,
+filters, count, first and last event, the head of the tenant's whole chain as verified, every
+issue, the export's SHA-256, the source, the tool's version and when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from events.chain import GENESIS, ChainHead, carries_its_hash
+from streams.replay import (
+    TAMPERED,
+    UNREADABLE,
+    Finding,
+    Replay,
+    TenantChain,
+    line_label,
+    sealed_fields,
+)
+
+FORMAT: Final = "zapflow-audit-export/1"
+MANIFEST_SUFFIX: Final = ".manifest.json"
+TRAILER_KEY: Final = "manifest"
+"""The API's last line is `{"manifest": {…}}`: the same manifest, after the events."""
+
+
+def zapflow_version() -> str:
+    try:
+        return version("zapflow")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+class ExportLines:
+    """Record values as NDJSON lines, hashing what it hands out (the manifest's `sha256`)."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+
+    def lines(self, values: Iterable[bytes]) -> bytes:
+        """`values` (one line each: `Replay` keeps a tampered value on one line) as NDJSON."""
+        listed = list(values)
+        if not listed:
+            return b""
+        data = b"\n".join(listed) + b"\n"
+        self._sha.update(data)
+        return data
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _head(head: ChainHead | None) -> dict[str, object] | None:
+    return None if head is None else {"tenant_seq": head.tenant_seq, "hash": head.hash}
+
+
+def manifest(replay: Replay, export_sha256: str, created_at: datetime) -> dict[str, Any]:
+    chain, selection = replay.chain, replay.selection
+    placed = chain.head_seq > chain.base
+    return {
+        "format": FORMAT,
+        "tenant_id": str(selection.tenant_id),
+        "filters": selection.as_json(),
+        "contiguous": selection.contiguous,
+        "count": replay.count,
+        "first": _head(replay.first),
+        "last": _head(replay.last),
+        "chain_head": {"tenant_seq": chain.head_seq, "hash": chain.head_hash} if placed else None,
+        "verified": chain.ok,
+        "issues": [issue.as_json() for issue in chain.issues],
+        "duplicates": len(chain.duplicates),
+        "events_seen": replay.events_seen,
+        "sha256": export_sha256,
+        "source": replay.source.describe(),
+        "zapflow_version": zapflow_version(),
+        "created_at": created_at.isoformat(),
+    }
+
+
+def manifest_path(export: Path) -> Path:
+    return export.with_name(export.name + MANIFEST_SUFFIX)
+
+
+@dataclass(slots=True)
+class Verification:
+    """What `verify_export` found: `problems` empty means the export is what it says."""
+
+    count: int = 0
+    first: ChainHead | None = None
+    last: ChainHead | None = None
+    problems: list[Finding] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "verified": self.ok,
+            "count": self.count,
+            "first": _head(self.first),
+            "last": _head(self.last),
+            "problems": [str(problem) for problem in self.problems],
+            "warnings": self.warnings,
+        }
+
+
+def _split(data: bytes) -> tuple[list[bytes], dict[str, Any] | None, int]:
+    """Lines, the trailer's manifest if the last line is one, and how many bytes precede it."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if lines:
+        try:
+            last = orjson.loads(lines[-1])
+        except orjson.JSONDecodeError:
+            last = None
+        if isinstance(last, dict) and set(last) == {TRAILER_KEY}:
+            lines.pop()
+            return lines, last[TRAILER_KEY], sum(len(line) + 1 for line in lines)
+    return lines, None, len(data)
+
+
+def verify_export(path: Path) -> Verification:
+    """Re-check an export offline: every line's hash recomputed; sequence numbers in order;
+    consecutive lines linked when the export is contiguous (no conversation or type filter);
+    the manifest's tenant, count, first, last and SHA-256 against the lines. A manifest is read
+    from `<FILE>.manifest.json`, else from a trailer line (the API's)."""
+    data = path.read_bytes()
+    lines, trailer, body_bytes = _split(data)
+    found = Verification()
+    sidecar = manifest_path(path)
+    if sidecar.exists():
+        found.manifest = orjson.loads(sidecar.read_bytes())
+    else:
+        found.manifest = trailer
+    manifest_ = found.manifest
+    if manifest_ is None:
+        found.warnings.append("no manifest: hashes and order checked; completeness unknown")
+    _check_lines(found, lines, manifest_)
+    if manifest_ is not None:
+        _check_manifest(found, manifest_, hashlib.sha256(data[:body_bytes]).hexdigest())
+    return found
+
+
+def _check_lines(found: Verification, lines: list[bytes], manifest_: dict[str, Any] | None) -> None:
+    tenant = manifest_.get("tenant_id") if manifest_ else None
+    contiguous = bool(manifest_ and manifest_.get("contiguous"))
+    from_genesis = bool(manifest_ and (manifest_.get("filters") or {}).get("since") is None)
+    chain = TenantChain(GENESIS, line_label) if contiguous and from_genesis else None
+    previous: dict[str, Any] | None = None
+    for number, line in enumerate(lines, start=1):
+        fields = sealed_fields(line)
+        expected = (chain.head_seq + 1) if chain is not None else None
+        if fields is None:
+            found.problems.append(
+                Finding("unreadable", expected, line_label(0, number), UNREADABLE)
+            )
+            continue
+        tenant = tenant or fields["tenant_id"]
+        seq, digest = fields["tenant_seq"], fields["hash"]
+        if fields["tenant_id"] != tenant:
+            found.problems.append(Finding("foreign", seq, line_label(0, number),
+                                          f"an event of tenant {fields['tenant_id']}"))  # fmt: skip
+            continue
+        if chain is None and contiguous:
+            start = GENESIS if from_genesis else ChainHead(seq - 1, fields["prev_hash"])
+            chain = TenantChain(start, line_label)
+            expected = start.tenant_seq + 1
+        sealed = carries_its_hash(fields, line)
+        found.count += 1
+        found.first = found.first or ChainHead(seq, digest)
+        found.last = ChainHead(seq, digest)
+        if chain is not None:
+            if not sealed:
+                named = expected if expected is not None else seq
+                claims = f" (its content says seq {seq})" if named != seq else ""
+                chain.defect("tampered", named, digest, 0, number, TAMPERED + claims)
+            elif not chain.extend(seq, digest, fields["prev_hash"], 0, number):
+                chain.issues.append(Finding("duplicate", seq, line_label(0, number),
+                                            "an export holds each event once"))  # fmt: skip
+            continue
+        if not sealed:
+            found.problems.append(Finding("tampered", seq, line_label(0, number), TAMPERED))
+        elif previous is not None and seq <= previous["tenant_seq"]:
+            found.problems.append(Finding("reordered", seq, line_label(0, number),
+                                          f"follows seq {previous['tenant_seq']}"))  # fmt: skip
+        elif (previous is not None and seq == previous["tenant_seq"] + 1
+              and fields["prev_hash"] != previous["hash"]):  # fmt: skip
+            found.problems.append(Finding("broken_link", seq, line_label(0, number),
+                                          f"prev_hash does not link to seq {seq - 1}"))  # fmt: skip
+        previous = fields
+    if chain is not None:
+        found.problems.extend(chain.issues)
+        found.problems.sort(key=lambda p: int(p.where.removeprefix("line ")))
+
+
+def _check_manifest(found: Verification, manifest_: dict[str, Any], sha256: str) -> None:
+    def wrong(detail: str) -> None:
+        found.problems.append(Finding("mismatch", None, "manifest", detail))
+
+    if manifest_.get("format") != FORMAT:
+        wrong(f"format {manifest_.get('format')!r} is not {FORMAT!r}")
+    if manifest_.get("count") != found.count:
+        wrong(f"count {manifest_.get('count')} but the export holds {found.count} events")
+    for name, head in (("first", found.first), ("last", found.last)):
+        if manifest_.get(name) != _head(head):
+            wrong(f"{name} is {manifest_.get(name)} but the export's is {_head(head)}")
+    if manifest_.get("sha256") != sha256:
+        wrong("sha256 does not match the export's bytes")
+    if not manifest_.get("verified", False) or manifest_.get("issues"):
+        issues = "; ".join(_issue_text(issue) for issue in manifest_.get("issues") or [])
+        wrong(f"the replay that wrote this export found issues in the chain: {issues or '?'}")
+
+
+def _issue_text(issue: object) -> str:
+    if not isinstance(issue, dict):
+        return str(issue)
+    return f"{issue.get('kind')} at seq {issue.get('tenant_seq')} ({issue.get('where')})"
