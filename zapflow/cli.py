@@ -13,6 +13,7 @@ from uuid import UUID
 import orjson
 from pydantic import ValidationError
 
+from zapflow import replay as audit_replay
 from zapflow.errors import ConfigurationError
 from zapflow.settings import Settings
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     log_parser = sub.add_parser("log", help="the event log")
     log_sub = log_parser.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     log_sub.add_parser("restore", help="write the event archive into an empty zapflow.events")
+    audit_replay.add_parsers(sub)  # replay, verify (issue #7)
     projections = sub.add_parser("projections", help="the read models the projector maintains")
     projections_sub = projections.add_subparsers(
         dest="projections_command", required=True, metavar="ACTION"
@@ -516,6 +518,8 @@ HANDLERS: dict[str, Handler] = {
     "topics": _topics,
     "schemas": _schemas,
     "log": _log,
+    "replay": audit_replay.replay_command,
+    "verify": audit_replay.verify_command,
     "projections": _projections,
     "tenants": _tenants,
     "agents": _agents,
