@@ -9,13 +9,14 @@ issue, the export's SHA-256, the source, the tool's version and when.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import orjson
 
@@ -61,6 +62,34 @@ class ExportLines:
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
+
+
+class ExportFile(ExportLines):
+    """`ExportLines` written to a binary file by a worker thread, a batch at a time: hashlib and
+    file writes let go of the GIL on large buffers, so the replay checks the next batch meanwhile
+    (hashing and writing are a tenth of an export's time). `flush` before reading `sha256`."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        super().__init__()
+        self._out = out
+        self._pending: asyncio.Future[None] | None = None
+
+    async def write(self, values: list[bytes]) -> None:
+        if not values:
+            return
+        data = b"\n".join(values) + b"\n"
+        await self.flush()  # one batch in flight: the order of the lines is kept
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, data)
+
+    def _write(self, data: bytes) -> None:
+        self._sha.update(data)
+        self._out.write(data)
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+        self._out.flush()
 
 
 def _head(head: ChainHead | None) -> dict[str, object] | None:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -139,7 +139,7 @@ def _report(replay: Replay) -> None:
 
 
 async def _drive(
-    source: Source, selection: Selection, take: Callable[[list[bytes]], None]
+    source: Source, selection: Selection, take: Callable[[list[bytes]], Awaitable[None]]
 ) -> Replay:
     from streams.replay import Replay
 
@@ -147,7 +147,7 @@ async def _drive(
     progress = Progress(sys.stderr, source)
     try:
         async for emitted in replay.emitted():
-            take(emitted)
+            await take(emitted)
             progress(replay)
     finally:
         progress(replay, final=True)
@@ -156,7 +156,7 @@ async def _drive(
 
 async def _with_source(
     args: argparse.Namespace, settings: Settings, selection: Selection,
-    take: Callable[[list[bytes]], None],
+    take: Callable[[list[bytes]], Awaitable[None]],
 ) -> Replay:  # fmt: skip
     from projections.database import connect
     from streams.replay import ArchiveSource, LogSource, SourceError
@@ -189,19 +189,19 @@ def replay_command(args: argparse.Namespace, settings: Settings) -> int:
     selection = _selection(args)
     if args.as_of is not None:
         return _time_travel(args, settings, selection)
-    from streams.audit_export import ExportLines, manifest, manifest_path
+    from streams.audit_export import ExportFile, manifest, manifest_path
 
-    lines = ExportLines()
     out_path = Path(args.out) if args.out else None
     out: IO[bytes] = out_path.open("wb") if out_path else sys.stdout.buffer
+
+    async def export() -> tuple[Replay, str]:
+        lines = ExportFile(out)
+        replay = await _with_source(args, settings, selection, lines.write)
+        await lines.flush()
+        return replay, lines.sha256
+
     try:
-
-        def take(emitted: list[bytes]) -> None:
-            if emitted:
-                out.write(lines.lines(emitted))
-
-        replay = asyncio.run(_with_source(args, settings, selection, take))
-        out.flush()
+        replay, sha256 = asyncio.run(export())
     except BrokenPipeError:  # `… | head`: the reader has what it wanted
         return 0
     finally:
@@ -209,7 +209,7 @@ def replay_command(args: argparse.Namespace, settings: Settings) -> int:
             out.close()
     _report(replay)
     if out_path:
-        written = manifest(replay, lines.sha256, datetime.now(UTC))
+        written = manifest(replay, sha256, datetime.now(UTC))
         manifest_path(out_path).write_bytes(orjson.dumps(written, option=orjson.OPT_INDENT_2))
         _say(f"replay: wrote {out_path} and {manifest_path(out_path)}")
     return 0 if replay.ok else 1
@@ -229,7 +229,7 @@ def _time_travel(args: argparse.Namespace, settings: Settings, selection: Select
     as_of = _as_of(args.as_of)
     folder = ConversationAsOf(cid, as_of)
 
-    def take(emitted: list[bytes]) -> None:
+    async def take(emitted: list[bytes]) -> None:
         for value in emitted:
             folder.fold(orjson.loads(value))
 
