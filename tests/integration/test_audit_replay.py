@@ -263,11 +263,16 @@ async def test_the_audit_endpoint_streams_only_the_keys_tenant(
     producer = AIOKafkaProducer(bootstrap_servers=fresh_broker, acks="all")
     await producer.start()
     try:
-        await append(producer, list(interleaved([mine, theirs])), EVENTS)
+        mixed = list(interleaved([mine, theirs]))
+        positions = await append(producer, mixed, EVENTS)
     finally:
         await producer.stop()
     for h in (mine, theirs):
         await tenants.apply(db, h.events[0])  # the directory knows their API keys
+    for envelope, at in zip(mixed, positions, strict=True):  # and the projector archived them
+        key, value, headers = encode_event(envelope)
+        await archive.store(db, EVENTS, at.partition, [(at.offset, key, value, headers, 0)],
+                            [envelope])  # fmt: skip
     with app_client(fresh_broker, database_url) as client:
         assert client.get("/v1/audit/events").status_code == 401
         for h in (mine, theirs):
@@ -287,6 +292,10 @@ async def test_the_audit_endpoint_streams_only_the_keys_tenant(
 
             assert verify_export(saved).ok, verify_export(saved).problems
         auth = {"Authorization": f"Bearer {api_key(mine.tenant_id)}"}
+        archived = client.get("/v1/audit/events", headers=auth, params={"source": "archive"})
+        *events, trailer = archived.content.splitlines()
+        assert events == mine.values
+        assert orjson.loads(trailer)["manifest"]["source"]["kind"] == "archive"
         response = client.get("/v1/audit/events", headers=auth,
                               params={"types": "AgentReplied", "since": "2026-11-02"})  # fmt: skip
         *events, trailer = response.content.splitlines()
