@@ -4,8 +4,6 @@ time travel with the model unreachable, and `GET /v1/audit/events`."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import socket
 import subprocess
 import sys
@@ -25,8 +23,8 @@ from streams.log import append
 from streams.replay import tenant_partition
 from streams.topics import EVENTS
 from tests.audit_history import History, api_key, documented_script, story
+from tests.integration.test_reprocess import cli
 from tests.integration.twilio_driver import app_client
-from zapflow.cli import main
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 12
@@ -41,15 +39,8 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bootstrap_servers: 
 
 
 async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, bytes, str]:
-    """`zapflow ARGV` in a thread (it runs its own event loop): exit code, stdout, stderr."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        code = await asyncio.to_thread(main, list(argv))
-    finally:  # the command configures logging for a process of its own
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    out, err = capsys.readouterr()
+    """`zapflow ARGV`: exit code, stdout (bytes: NDJSON is compared byte for byte), stderr."""
+    code, out, err = await cli(capsys, *argv)
     return code, out.encode(), err
 
 
