@@ -149,94 +149,122 @@ class Verification:
         }
 
 
-def _split(data: bytes) -> tuple[list[bytes], dict[str, Any] | None, int]:
-    """Lines, the trailer's manifest if the last line is one, and how many bytes precede it."""
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if lines:
-        try:
-            last = orjson.loads(lines[-1])
-        except orjson.JSONDecodeError:
-            last = None
-        if isinstance(last, dict) and set(last) == {TRAILER_KEY}:
-            lines.pop()
-            return lines, last[TRAILER_KEY], sum(len(line) + 1 for line in lines)
-    return lines, None, len(data)
+TAIL_BYTES: Final = 1 << 20
+"""How far from its end an export is searched for a trailer manifest (the API's last line)."""
+
+
+def _trailer(path: Path) -> tuple[dict[str, Any] | None, int]:
+    """The manifest on the export's last line, if that line is one, and how many bytes of
+    event lines precede it (all of them when there is no trailer). Reads only the tail."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        file.seek(max(size - TAIL_BYTES, 0))
+        tail = file.read()
+    body = tail.removesuffix(b"\n")
+    cut = body.rfind(b"\n")
+    if cut < 0 and len(tail) < size:
+        return None, size  # a last line longer than the tail: not a manifest
+    try:
+        last = orjson.loads(body[cut + 1 :])
+    except orjson.JSONDecodeError:
+        return None, size
+    if isinstance(last, dict) and set(last) == {TRAILER_KEY}:
+        return last[TRAILER_KEY], size - (len(tail) - (cut + 1))
+    return None, size
 
 
 def verify_export(path: Path) -> Verification:
-    """Re-check an export offline: every line's hash recomputed; sequence numbers in order;
-    consecutive lines linked when the export is contiguous (no conversation or type filter);
-    the manifest's tenant, count, first, last and SHA-256 against the lines. A manifest is read
-    from `<FILE>.manifest.json`, else from a trailer line (the API's)."""
-    data = path.read_bytes()
-    lines, trailer, body_bytes = _split(data)
+    """Re-check an export offline, reading it line by line: every line's hash recomputed;
+    sequence numbers in order; consecutive lines linked when the export is contiguous (no
+    conversation or type filter); the manifest's tenant, count, first, last and SHA-256 against
+    the lines. A manifest is read from `<FILE>.manifest.json`, else from a trailer line."""
     found = Verification()
+    trailer, body_bytes = _trailer(path)
     sidecar = manifest_path(path)
-    if sidecar.exists():
-        found.manifest = orjson.loads(sidecar.read_bytes())
-    else:
-        found.manifest = trailer
-    manifest_ = found.manifest
-    if manifest_ is None:
+    found.manifest = orjson.loads(sidecar.read_bytes()) if sidecar.exists() else trailer
+    if found.manifest is None:
         found.warnings.append("no manifest: hashes and order checked; completeness unknown")
-    _check_lines(found, lines, manifest_)
-    if manifest_ is not None:
-        _check_manifest(found, manifest_, hashlib.sha256(data[:body_bytes]).hexdigest())
+    lines, sha = _Lines(found, found.manifest), hashlib.sha256()
+    with path.open("rb") as file:
+        read = 0
+        for number, raw in enumerate(file, start=1):
+            if read >= body_bytes:
+                break  # the trailer
+            read += len(raw)
+            sha.update(raw)
+            lines.check(number, raw.removesuffix(b"\n"))
+    lines.finish()
+    if found.manifest is not None:
+        _check_manifest(found, found.manifest, sha.hexdigest())
     return found
 
 
-def _check_lines(found: Verification, lines: list[bytes], manifest_: dict[str, Any] | None) -> None:
-    tenant = manifest_.get("tenant_id") if manifest_ else None
-    contiguous = bool(manifest_ and manifest_.get("contiguous"))
-    from_genesis = bool(manifest_ and (manifest_.get("filters") or {}).get("since") is None)
-    chain = TenantChain(GENESIS, line_label) if contiguous and from_genesis else None
-    previous: dict[str, Any] | None = None
-    for number, line in enumerate(lines, start=1):
+class _Lines:
+    """The export's lines in order: through a `TenantChain` when the export is contiguous,
+    else each hash and the order of the sequence numbers (and links where they are adjacent)."""
+
+    def __init__(self, found: Verification, manifest_: dict[str, Any] | None) -> None:
+        self.found = found
+        self.tenant = manifest_.get("tenant_id") if manifest_ else None
+        self.contiguous = bool(manifest_ and manifest_.get("contiguous"))
+        filters = (manifest_.get("filters") or {}) if manifest_ else {}
+        self.from_genesis = bool(manifest_) and filters.get("since") is None
+        self.chain = (
+            TenantChain(GENESIS, line_label) if self.contiguous and self.from_genesis else None
+        )
+        self.previous: dict[str, Any] | None = None
+
+    def check(self, number: int, line: bytes) -> None:
+        found, where = self.found, line_label(0, number)
         fields = sealed_fields(line)
-        expected = (chain.head_seq + 1) if chain is not None else None
+        expected = (self.chain.head_seq + 1) if self.chain is not None else None
         if fields is None:
-            found.problems.append(
-                Finding("unreadable", expected, line_label(0, number), UNREADABLE)
-            )
-            continue
-        tenant = tenant or fields["tenant_id"]
+            found.problems.append(Finding("unreadable", expected, where, UNREADABLE))
+            return
+        self.tenant = self.tenant or fields["tenant_id"]
         seq, digest = fields["tenant_seq"], fields["hash"]
-        if fields["tenant_id"] != tenant:
-            found.problems.append(Finding("foreign", seq, line_label(0, number),
-                                          f"an event of tenant {fields['tenant_id']}"))  # fmt: skip
-            continue
-        if chain is None and contiguous:
-            start = GENESIS if from_genesis else ChainHead(seq - 1, fields["prev_hash"])
-            chain = TenantChain(start, line_label)
-            expected = start.tenant_seq + 1
+        if fields["tenant_id"] != self.tenant:
+            found.problems.append(
+                Finding("foreign", seq, where, f"an event of tenant {fields['tenant_id']}")
+            )
+            return
+        if self.chain is None and self.contiguous:  # a run that starts after seq 1 (--since)
+            start = ChainHead(seq - 1, fields["prev_hash"])
+            self.chain, expected = TenantChain(start, line_label), seq
         sealed = carries_its_hash(fields, line)
         found.count += 1
         found.first = found.first or ChainHead(seq, digest)
         found.last = ChainHead(seq, digest)
-        if chain is not None:
+        if self.chain is not None:
             if not sealed:
                 named = expected if expected is not None else seq
                 claims = f" (its content says seq {seq})" if named != seq else ""
-                chain.defect("tampered", named, digest, 0, number, TAMPERED + claims)
-            elif not chain.extend(seq, digest, fields["prev_hash"], 0, number):
-                chain.issues.append(Finding("duplicate", seq, line_label(0, number),
-                                            "an export holds each event once"))  # fmt: skip
-            continue
+                self.chain.defect("tampered", named, digest, 0, number, TAMPERED + claims)
+            elif not self.chain.extend(seq, digest, fields["prev_hash"], 0, number):
+                self.chain.issues.append(
+                    Finding("duplicate", seq, where, "an export holds each event once")
+                )
+            return
+        previous = self.previous
         if not sealed:
-            found.problems.append(Finding("tampered", seq, line_label(0, number), TAMPERED))
+            found.problems.append(Finding("tampered", seq, where, TAMPERED))
         elif previous is not None and seq <= previous["tenant_seq"]:
-            found.problems.append(Finding("reordered", seq, line_label(0, number),
-                                          f"follows seq {previous['tenant_seq']}"))  # fmt: skip
-        elif (previous is not None and seq == previous["tenant_seq"] + 1
-              and fields["prev_hash"] != previous["hash"]):  # fmt: skip
-            found.problems.append(Finding("broken_link", seq, line_label(0, number),
-                                          f"prev_hash does not link to seq {seq - 1}"))  # fmt: skip
-        previous = fields
-    if chain is not None:
-        found.problems.extend(chain.issues)
-        found.problems.sort(key=lambda p: int(p.where.removeprefix("line ")))
+            found.problems.append(
+                Finding("reordered", seq, where, f"follows seq {previous['tenant_seq']}")
+            )
+        elif (
+            previous is not None and seq == previous["tenant_seq"] + 1
+            and fields["prev_hash"] != previous["hash"]
+        ):  # fmt: skip
+            found.problems.append(
+                Finding("broken_link", seq, where, f"prev_hash does not link to seq {seq - 1}")
+            )
+        self.previous = {"tenant_seq": seq, "hash": digest}
+
+    def finish(self) -> None:
+        if self.chain is not None:
+            self.found.problems.extend(self.chain.issues)
+            self.found.problems.sort(key=lambda p: int(p.where.removeprefix("line ")))
 
 
 def _check_manifest(found: Verification, manifest_: dict[str, Any], sha256: str) -> None:

@@ -15,6 +15,7 @@ decide which events are emitted, each as its record value, byte for byte.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -86,12 +87,23 @@ def line_label(_partition: int, line: int) -> str:
     return f"line {line}"
 
 
+@dataclass(slots=True)
+class _Run:
+    """Consecutive sequence numbers from `first`: 32 bytes of hash and a position each."""
+
+    first: int
+    hashes: bytearray = field(default_factory=bytearray)
+    partitions: array[int] = field(default_factory=lambda: array("i"))
+    offsets: array[int] = field(default_factory=lambda: array("q"))
+
+
 class TenantChain:
     """One tenant's chain as its records arrive in log order.
 
     What `events.chain.ChainVerifier` checks, over sequence numbers and hashes already extracted
     (so the replay need not build envelopes), and remembering where each sequence number was
-    seen (32 bytes and a position per event), so a fork or a duplicate names both places.
+    seen (32 bytes and a position per event, in runs: a gap of any size costs nothing), so a
+    fork or a duplicate names both places.
     """
 
     def __init__(self, start: ChainHead = GENESIS, label: Label = log_label) -> None:
@@ -101,9 +113,8 @@ class TenantChain:
         self.label = label
         self.issues: list[Finding] = []
         self.duplicates: list[Finding] = []
-        self._hashes = bytearray()
-        self._partitions = array("i")
-        self._offsets = array("q")
+        self._runs: list[_Run] = []
+        self._firsts: list[int] = []
 
     @property
     def ok(self) -> bool:
@@ -129,13 +140,7 @@ class TenantChain:
             self._issue("broken_link", seq, partition, offset,
                         f"prev_hash does not link to the hash of seq {self.head_seq}"
                         f"{self._after()}")  # fmt: skip
-        if seq == self.head_seq + 1:  # the usual case, inline: this runs for every event
-            self._hashes += bytes.fromhex(digest)  # a verified hash: 64 hex digits
-            self._partitions.append(partition)
-            self._offsets.append(offset)
-            self.head_seq = seq
-        else:
-            self._place(seq, bytes.fromhex(digest), partition, offset)
+        self._place(seq, bytes.fromhex(digest), partition, offset)  # verified: 64 hex digits
         self.head_hash = digest
         return True
 
@@ -156,37 +161,47 @@ class TenantChain:
             self.head_hash = digest
 
     def _repeat(self, seq: int, digest: str, partition: int, offset: int) -> None:
-        index = seq - self.base - 1
-        stored = bytes(self._hashes[index * 32 : index * 32 + 32]) if index >= 0 else None
-        if stored is not None and stored != _NO_HASH and stored.hex() == digest:
-            first = self.label(self._partitions[index], self._offsets[index])
-            self.duplicates.append(Finding("duplicate", seq, self.label(partition, offset),
-                                           f"repeats the event at {first}"))  # fmt: skip
-        elif stored is None or stored == _NO_HASH:
+        stored = self._stored(seq)
+        if stored is None or stored[0] == _NO_HASH:
             self._issue("reordered", seq, partition, offset,
                         f"arrives after seq {self.head_seq}; it was missing there")  # fmt: skip
+            return
+        raw, first = stored[0], self.label(stored[1], stored[2])
+        if raw.hex() == digest:
+            self.duplicates.append(Finding("duplicate", seq, self.label(partition, offset),
+                                           f"repeats the event at {first}"))  # fmt: skip
         else:
-            first = self.label(self._partitions[index], self._offsets[index])
             self._issue("fork", seq, partition, offset,
                         f"a different event already holds seq {seq} (at {first})")  # fmt: skip
 
     def _place(self, seq: int, raw: bytes, partition: int, offset: int) -> None:
-        """Remember `seq` at its place (32 bytes of hash, zeros when unknown); the caller sets
-        `head_hash`."""
-        for _ in range(self.head_seq + 1, seq):  # a gap: nothing known of the missing ones
-            self._hashes += _NO_HASH
-            self._partitions.append(-1)
-            self._offsets.append(-1)
-        self._hashes += raw
-        self._partitions.append(partition)
-        self._offsets.append(offset)
+        """Remember `seq` (the caller sets `head_hash`); after a gap, a new run begins."""
+        if seq != self.head_seq + 1 or not self._runs:
+            self._runs.append(_Run(seq))
+            self._firsts.append(seq)
+        run = self._runs[-1]
+        run.hashes += raw
+        run.partitions.append(partition)
+        run.offsets.append(offset)
         self.head_seq = seq
 
+    def _stored(self, seq: int) -> tuple[bytes, int, int] | None:
+        """Hash and position of `seq` as placed, if it was."""
+        at = bisect.bisect_right(self._firsts, seq) - 1
+        if at < 0:
+            return None
+        run = self._runs[at]
+        index = seq - run.first
+        if index >= len(run.offsets):
+            return None
+        raw = bytes(run.hashes[index * 32 : index * 32 + 32])
+        return raw, run.partitions[index], run.offsets[index]
+
     def _after(self) -> str:
-        index = self.head_seq - self.base - 1
-        if index < 0 or self._offsets[index] < 0:
+        if not self._runs:
             return ""
-        return f" (after the event at {self.label(self._partitions[index], self._offsets[index])})"
+        run = self._runs[-1]
+        return f" (after the event at {self.label(run.partitions[-1], run.offsets[-1])})"
 
     def _issue(self, kind: Kind, seq: int | None, partition: int, offset: int, detail: str) -> None:
         self.issues.append(Finding(kind, seq, self.label(partition, offset), detail))

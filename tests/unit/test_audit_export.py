@@ -171,6 +171,14 @@ async def test_duplicates_are_benign_and_written_once_forks_and_gaps_are_not() -
     ]
 
 
+async def test_a_sequence_number_far_ahead_is_a_gap_not_a_memory_blowup() -> None:
+    history = story(TENANT)
+    far = seal(draft(TENANT, 7, "far"), ChainHead(10**15, history.events[-1].hash))
+    run, data = await replay(ListSource([*records(history.events), *records([far])]))
+    assert [(i.kind, i.tenant_seq) for i in run.chain.issues] == [("gap", 10**15 + 1)]
+    assert len(data.splitlines()) == len(history.events) + 1
+
+
 async def test_another_tenants_event_is_never_emitted_even_under_this_tenants_key() -> None:
     mine, theirs = story(TENANT), story(OTHER)
     stray = dataclasses.replace(records(theirs.events)[2], key=str(TENANT).encode(), offset=99)
