@@ -241,6 +241,15 @@ def parse_instant(text: str) -> datetime:
     return value
 
 
+def recorded_instant(text: str) -> datetime | None:
+    """An event's `recorded_at` as an aware datetime; None when damaged (the chain says so)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """Which of the tenant's events are emitted. `since`/`until` select one run of sequence
@@ -307,9 +316,8 @@ class _Filter:
             return False
         if self.since is None and self.until is None:
             return True
-        try:
-            instant = datetime.fromisoformat(recorded_at)
-        except ValueError:
+        instant = recorded_instant(recorded_at)
+        if instant is None:
             return self.opened  # a damaged timestamp neither opens nor closes the run
         if not self.opened and self.since is not None and instant >= self.since:
             self.opened = True

@@ -25,7 +25,7 @@ from events.conversation import (
 )
 from events.registry import UnknownType, UnsupportedVersion
 from events.tenant import AgentConfigured, AgentSettings
-from streams.replay import Fields, parse_instant
+from streams.replay import Fields, parse_instant, recorded_instant
 
 LAST_MESSAGES: Final = 10
 
@@ -52,10 +52,9 @@ class AsOf:
         if self.seq is not None:
             return int(fields["tenant_seq"]) <= self.seq
         assert self.instant is not None
-        try:
-            return datetime.fromisoformat(fields["recorded_at"]) <= self.instant
-        except ValueError:
-            return True  # a damaged timestamp does not end the history (the chain reports it)
+        instant = recorded_instant(fields["recorded_at"])
+        # A damaged timestamp does not end the history (the chain check reports the event).
+        return instant is None or instant <= self.instant
 
 
 @dataclass(slots=True)
@@ -126,7 +125,7 @@ class ConversationAsOf:
         state, where = self.state, self.position
         instant = self.as_of.instant
         if instant is None and where is not None:
-            instant = datetime.fromisoformat(where["recorded_at"])
+            instant = recorded_instant(where["recorded_at"])
         window = state.window_open_until
         messages = [{**m, "outcome": self._outcome(m)} if m["direction"] == "outbound" else m
                     for m in self.messages]  # fmt: skip

@@ -230,6 +230,24 @@ def test_the_byte_check_is_the_recipes_verdict() -> None:
             assert not carries_its_hash(changed, orjson.dumps(changed, option=orjson.OPT_SORT_KEYS))
 
 
+async def test_a_tampered_timestamp_is_reported_not_a_crash() -> None:
+    """A naive `recorded_at` cannot be compared with an aware instant: the time window and time
+    travel treat it as damaged, and the chain check names the event."""
+    history = story(TENANT)
+    damaged = records(history.events)
+    naive = damaged[4].value.replace(b'"recorded_at":"2026-11-02T09:04:00Z"',
+                                     b'"recorded_at":"2026-11-02T09:04:00"')  # fmt: skip
+    damaged[4] = dataclasses.replace(damaged[4], value=naive)
+    window = Selection(TENANT, since=history.events[1].recorded_at)
+    run, data = await replay(ListSource(damaged), window)
+    assert [(i.kind, i.tenant_seq) for i in run.chain.issues] == [("tampered", 5)]
+    assert len(data.splitlines()) == len(history.events) - 1  # from seq 2 on
+    folder = ConversationAsOf(history.conversation_id(), AsOf.parse("2026-11-02T09:05:00Z"))
+    for value in data.splitlines():
+        folder.fold(orjson.loads(value))
+    assert folder.report()["as_of"]["tenant_seq"] == 7  # seq 7 was recorded at 09:05 itself
+
+
 def test_unknown_event_types_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown event type"):
         Selection(TENANT, types=frozenset({"InboundMesageReceived"}))
