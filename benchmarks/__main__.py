@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import decider_bench as db
+from benchmarks import e2e_bench as e2e
 from benchmarks import kafka_bench as kb
 from benchmarks import projector_bench as pb
 from benchmarks.http_bench import CONCURRENCY, Load, run_http
@@ -37,20 +38,22 @@ class Plan:
     http_rounds: int
     rebuild_events: int
     conversations: int
+    e2e: e2e.E2EPlan
 
     def describe(self) -> str:
         return (
             f"{self.name}: {self.events:,} events and {self.pg_rows:,} rows per run, "
             f"{self.repeats} run(s) each; rebuild of {self.rebuild_events:,} events; "
             f"HTTP {self.http_seconds:.0f} s per endpoint in {self.http_rounds} interleaved "
-            f"round(s), {CONCURRENCY} connections, {self.conversations:,} conversations"
+            f"round(s), {CONCURRENCY} connections, {self.conversations:,} conversations; "
+            f"{self.e2e.describe()}"
         )
 
 
 FULL = Plan("full run", events=50_000, repeats=3, pg_rows=100_000, http_seconds=8, http_rounds=3,
-            rebuild_events=1_000_000, conversations=100_000)  # fmt: skip
+            rebuild_events=1_000_000, conversations=100_000, e2e=e2e.E2E_FULL)  # fmt: skip
 QUICK = Plan("quick run", events=20_000, repeats=1, pg_rows=20_000, http_seconds=3, http_rounds=1,
-             rebuild_events=50_000, conversations=20_000)  # fmt: skip
+             rebuild_events=50_000, conversations=20_000, e2e=e2e.E2E_QUICK)  # fmt: skip
 
 
 def _say(message: str) -> None:
@@ -309,7 +312,7 @@ def _http_rows(loads: dict[str, Load]) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller run (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the Markdown file to write")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the database is dropped and every child is stopped.
@@ -318,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     started, clock, load = datetime.now(UTC), time.perf_counter(), load_average()
     _say(f"{plan.describe()}; starting broker and database")
     with infrastructure() as infra:
+        # First: `zapflow up` creates zapflow.* with the configured partitions, which the webhook
+        # scenario's produce would otherwise auto-create differently (see benchmarks.e2e_bench).
+        e2e_rows = e2e.rows(e2e.run_e2e(infra, plan.e2e, _say))
         rows = asyncio.run(_kafka(infra, plan))
         rows += asyncio.run(_decider(infra, plan))
         rows += asyncio.run(_postgres(infra, plan))
@@ -340,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows += _http_rows(loads)
         rows += _query_rows(loads, seeded)
+        rows += e2e_rows
         # Last: it swaps in a new version, which the scenarios above do not expect.
         rows += asyncio.run(_rebuild(infra, plan))
         services = [

@@ -145,6 +145,20 @@ def infrastructure() -> Iterator[Infra]:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
+@contextmanager
+def scratch_database(infra: Infra, label: str) -> Iterator[str]:
+    """Another fresh, migrated database on the run's server, dropped on exit: for a scenario that
+    must neither see what the others left (`zapflow up` restores any event archive into an empty
+    log) nor leave rows they count (the query scenario's table sizes)."""
+    server = _with_database(infra.database_url, "postgres")
+    name = f"zapflow_{label}_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_create_database(server, name))
+    try:
+        yield _with_database(infra.database_url, name)
+    finally:
+        asyncio.run(_drop_database(server, name))
+
+
 async def create_topic(infra: Infra, scenario: str) -> str:
     """A new, uniquely named topic with 12 partitions for one scenario."""
     name = f"bench.{scenario}.{uuid.uuid4().hex[:8]}"
