@@ -232,7 +232,8 @@ def _send_result(
             events: list[ConversationEvent] = [
                 OutboundMessageSent(conversation_id=cid, outbound_id=oid,
                                     message_sids=command.message_sids,
-                                    content_sid=command.content_sid, status=last or "queued")
+                                    content_sid=command.content_sid, status=last or "queued",
+                                    error_code=current.errors.get(command.message_sids[-1]))
             ]  # fmt: skip
             # A 63016 callback can overtake the sender's result: the fallback starts here then.
             if any(current.errors.get(sid) == WINDOW_CLOSED_CODE for sid in command.message_sids):

@@ -27,9 +27,9 @@ class RecordSendResult(Message):
     conversation_id: str
     outbound_id: str = Field(min_length=1)
     outcome: Literal["sent", "failed", "blocked"]
-    message_sids: list[str] = Field(default_factory=list, max_length=100)
+    message_sids: list[str] = Field(default_factory=list, max_length=1000)
     content_sid: str | None = Field(default=None, pattern=r"^HX[0-9a-fA-F]{32}$")
-    error_code: str | None = Field(default=None, max_length=16)
+    error_code: str | None = Field(default=None, max_length=32)
     error_message: str = Field(default="", max_length=1000)
     reason: BlockReason | None = None
     detail: str = Field(default="", max_length=1000)

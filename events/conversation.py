@@ -180,6 +180,9 @@ class OutboundMessageSent(Message):
         default="queued",
         description="Where the last part's status stood when recorded (callbacks can come first).",
     )
+    error_code: str | None = Field(
+        default=None, description="Twilio's code, when a failure callback came first."
+    )
 
 
 class OutboundMessageFailed(Message):

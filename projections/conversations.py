@@ -300,7 +300,8 @@ def _plan(envelope: EventEnvelope, event: Message) -> list[tuple[str, Row]]:
             )))  # fmt: skip
         case ev.OutboundMessageSent():
             sid = event.message_sids[-1]
-            out.append((_OUTCOME, (tenant, event.outbound_id, sid, event.status, None)))
+            out.append((_OUTCOME, (tenant, event.outbound_id, sid, event.status,
+                                   event.error_code)))  # fmt: skip
         case ev.OutboundMessageFailed():
             last = event.message_sids[-1] if event.message_sids else None
             out.append((_OUTCOME, (tenant, event.outbound_id, last, "failed", event.error_code)))

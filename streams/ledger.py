@@ -1,7 +1,9 @@
 """The send ledger (schemas/sql/0012, ADR 0015): what the sender asked Twilio for, part by part.
 
 `begin` is committed (synchronously) before the Twilio call and `finish` after it, each in its
-own transaction with the tenant set, so row-level security checks every write. A part found
+own transaction with the tenant set: row-level security checks every statement when the
+sender's role is not a superuser (the development default, `postgres`, is one and bypasses it;
+every statement also names its tenant explicitly). A part found
 `attempting` when it is about to be sent was interrupted between the two: ambiguous, to be
 reconciled before any new call.
 """

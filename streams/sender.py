@@ -30,7 +30,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 from uuid import UUID, uuid5
 
@@ -69,6 +69,7 @@ from streams.twilio_api import (
 log = logging.getLogger("zapflow.sender")
 
 _TICK_S: Final = 0.02
+LOOKUP_ATTEMPTS: Final = 20
 _PRODUCE_RETRY_S: Final = 1.0
 
 
@@ -87,10 +88,6 @@ class SenderOptions:
     backoff_max_s: float = 30.0
     max_attempts: int = 8
     """Calls of one part that end in a 5xx or no answer before the message is given up."""
-
-    @property
-    def reconcile_after_s(self) -> float:
-        return self.timeout_s + self.settle_s
 
 
 @dataclass(slots=True)
@@ -137,6 +134,8 @@ class Sender:
     conversations: dict[str, _Conversation] = field(default_factory=dict)
     tenants: dict[UUID, _Tenant] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
+    waiting: set[str] = field(default_factory=set)
+    """Conversations with requests queued (the only ones a tick looks at)."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     caught_up: bool = False
     clients: dict[UUID, TwilioMessages] = field(default_factory=dict)
@@ -178,6 +177,7 @@ class Sender:
         match event:
             case OutboundMessageRequested():
                 known.queue.append(event)
+                self.waiting.add(cid)
             case OutboundMessageSent() | OutboundMessageFailed() | OutboundMessageBlocked():
                 done = event.outbound_id
                 known.submitted.discard(done)
@@ -202,7 +202,11 @@ class Sender:
 
     def start_ready(self) -> None:
         """One task per conversation with messages waiting and none running."""
-        for cid, known in self.conversations.items():
+        for cid in list(self.waiting):
+            known = self.conversations[cid]
+            if not known.queue:
+                self.waiting.discard(cid)
+                continue
             if cid in self.running or not _next(known):
                 continue
             self.running.add(cid)
@@ -240,6 +244,8 @@ class Sender:
             if row is not None and row.state == "failed":
                 return _Result("failed", tuple(sids), code=row.error_code or "unknown")
             outcome = await self._part(known, request, api, plan, part, text, row)
+            if isinstance(outcome, Blocked):
+                return _Result("blocked", reason=outcome.reason, detail=outcome.detail)
             if isinstance(outcome, Refused):
                 return _Result("failed", tuple(sids), code=outcome.code, detail=outcome.detail)
             sids.append(outcome)
@@ -248,10 +254,10 @@ class Sender:
     def _plan(
         self, known: _Conversation, request: OutboundMessageRequested, rows: dict[int, Part]
     ) -> SendPlan | Blocked:
-        """The policy check before anything went out; once a part was attempted, the plan of
-        that attempt (a message half sent is finished, not blocked)."""
+        """The policy check while nothing can have gone out; once a part was sent (or may have
+        been), the plan of that attempt (a message half sent is finished, not blocked)."""
         template = self.tenants[known.tenant_id].window_template
-        if rows:
+        if any(row.state in ("sent", "attempting") for row in rows.values()):
             sid = rows[min(rows)].content_sid
             if sid is None:
                 return SendPlan(parts=split_body(request.body or ""))
@@ -268,17 +274,23 @@ class Sender:
     async def _part(
         self, known: _Conversation, request: OutboundMessageRequested, api: TwilioMessages,
         plan: SendPlan, part: int, text: str | None, row: Part | None,
-    ) -> str | Refused:  # fmt: skip
-        """The SID of this part, sent now or found sent; or Twilio's refusal."""
+    ) -> str | Refused | Blocked:  # fmt: skip
+        """The SID of this part, sent now or found sent; Twilio's refusal; or, while nothing of
+        the message has gone out, the policy's block (re-checked before every retry: a contact
+        can opt out while Twilio throttles us)."""
         tenant_id, oid = known.tenant_id, request.outbound_id
         if row is not None and row.state == "sent" and row.message_sid is not None:
             return row.message_sid
         if row is not None and row.state == "attempting":
-            found = await self._reconcile(known, request, api, part, text, row.attempt_started_at)
+            found = await self._reconcile(known, request, part, text, row.attempt_started_at)
             if found is not None:
                 return found
-        failures = 0
+        failures = throttled = 0
         while True:
+            if part == 0 and (failures or throttled):
+                again = self._plan(known, request, {})
+                if isinstance(again, Blocked):
+                    return again
             await self.per_sender.wait((tenant_id, request.sender))
             await self.per_recipient.wait((tenant_id, request.contact))
             async with self.in_flight:
@@ -304,40 +316,55 @@ class Sender:
                                              error_code=outcome.code, at=self.now())  # fmt: skip
                     return outcome
                 case NotSent():
+                    throttled += 1
                     await self.ledger.finish(tenant_id, oid, part, "not_sent", at=self.now())
                     log.warning("Twilio did not take a message (%s); retrying", outcome.code,
                                 extra=_extra(tenant_id, oid))  # fmt: skip
+                    await asyncio.sleep(self._backoff(throttled))
                 case Unknown():
                     failures += 1
                     log.warning("no answer from Twilio for a message (%s); reconciling",
                                 outcome.detail, extra=_extra(tenant_id, oid))  # fmt: skip
-                    found = await self._reconcile(known, request, api, part, text, started)
+                    # The settle time counts from when the call gave up, not from when it was
+                    # queued: a call can wait for a connection before its own timeout starts.
+                    found = await self._reconcile(known, request, part, text, started,
+                                                  returned=self.now())  # fmt: skip
                     if found is not None:
                         return found
                     if failures >= self.options.max_attempts:
                         raise _GiveUp("retries_exhausted", outcome.detail)
-            await asyncio.sleep(self._backoff(failures))
+                    await asyncio.sleep(self._backoff(failures))
 
     async def _reconcile(
-        self, known: _Conversation, request: OutboundMessageRequested, api: TwilioMessages,
-        part: int, text: str | None, started: datetime,
+        self, known: _Conversation, request: OutboundMessageRequested, part: int,
+        text: str | None, started: datetime, returned: datetime | None = None,
     ) -> str | None:  # fmt: skip
         """After an ambiguous attempt: the SID if Twilio has the message (the ledger is
-        completed with it), else None (the row is freed for a new attempt)."""
+        completed with it), else None (the row is freed for a new attempt). A lookup Twilio
+        keeps refusing (credentials revoked, a key that may not list) ends the message as
+        failed `unverified` after `LOOKUP_ATTEMPTS`: never sent again while it may exist."""
         tenant_id, oid = known.tenant_id, request.outbound_id
-        wait = (started - self.now()).total_seconds() + self.options.reconcile_after_s
+        settled = returned or started + timedelta(seconds=self.options.timeout_s)
+        wait = (settled - self.now()).total_seconds() + self.options.settle_s
         if wait > 0:
             await asyncio.sleep(wait)  # the call may still be in progress at Twilio until then
         lookups = 0
         while True:
             try:
+                api = self._api(tenant_id)  # a rotated token applies to the next lookup
                 candidates = await api.candidates(to=request.contact, from_=request.sender,
                                                   since=started, body=text)  # fmt: skip
                 break
+            except _GiveUp:
+                raise
             except Exception as exc:  # noqa: BLE001 - unanswered: nothing decided; ask again
                 lookups += 1
                 log.warning("could not look a message up at Twilio (%s); retrying",
                             type(exc).__name__, extra=_extra(tenant_id, oid))  # fmt: skip
+                if lookups >= LOOKUP_ATTEMPTS:
+                    raise _GiveUp("unverified", "Twilio could not be asked whether an unanswered "
+                                  f"call created the message ({type(exc).__name__}); it is "
+                                  "not sent again") from None  # fmt: skip
                 await asyncio.sleep(self._backoff(lookups))
         known_sids = await self.ledger.known(tenant_id, candidates) if candidates else set()
         found = next((sid for sid in candidates if sid not in known_sids), None)

@@ -132,7 +132,8 @@ class TwilioMessages:
             message = await self.client.messages.create_async(**kwargs)
         except TwilioRestException as exc:
             return _classified(exc)
-        except httpx.ConnectError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The request never left: no connection was made (or none was free in time).
             return NotSent("connect", f"could not connect: {type(exc).__name__}")
         except httpx.HTTPError as exc:  # a timeout or a dropped answer: it may exist
             return Unknown(f"{type(exc).__name__}: {exc}"[:300])
@@ -148,12 +149,14 @@ class TwilioMessages:
         unanswered lookup decides nothing."""
         floor = since.astimezone(UTC) - CLOCK_SKEW
         found: list[tuple[datetime, str]] = []
+        # The list is sorted by DateSent, which a message still queued does not have yet: no
+        # early stop on the first older one; the newest LOOKUP_LIMIT are all looked at.
         async for message in await self.client.messages.stream_async(
             to=to, from_=from_, limit=LOOKUP_LIMIT, page_size=100
         ):
             created = message.date_created
             if created is not None and created < floor:
-                break  # newest first: everything after this is older still
+                continue
             if body is None or message.body == body:
                 found.append((created or floor, str(message.sid)))
         return [sid for _, sid in sorted(found)]

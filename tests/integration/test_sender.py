@@ -102,6 +102,13 @@ async def test_an_opted_out_contact_gets_nothing(rig: Rig) -> None:
     who = contact(8)
     request, oid = rig.reply(rig.a, who, "Temos uma promoção!")
     await rig.send(rig.inbound(rig.a, who), request, rig.inbound(rig.a, who, "STOP"))
+    for _ in range(300):  # the STOP is decided (and projected) before the sender starts
+        if await rig.db.fetchval(
+            "SELECT opted_out FROM conversations WHERE tenant_id = $1 AND contact = $2",
+            rig.a.tenant.tenant_id, who,
+        ):  # fmt: skip
+            break
+        await asyncio.sleep(0.1)
     async with rig.sender():
         row = await rig.until_status(rig.a, oid, settled)
     assert row is not None
@@ -187,3 +194,34 @@ async def test_a_signed_message_is_answered_by_the_model_and_delivered_once_to_r
     assert (sent["To"], sent["From"], sent["Body"]) == (who, t.sender, "Abrimos às 8h.")
     statuses = [c["params"]["MessageStatus"] for c in rig.emulator_server.emulator.callbacks()]
     assert "read" in statuses
+
+
+async def test_a_contact_who_opts_out_while_twilio_throttles_us_gets_nothing(rig: Rig) -> None:
+    """The policy is checked again before every retry while nothing has gone out."""
+    rig.emulator_server.emulator.inject(Fault(kind="rate_limit"), count=12)
+    who = contact(12)
+    request, oid = rig.reply(rig.a, who, "Promoção!")
+    await rig.send(rig.inbound(rig.a, who), request)
+    async with rig.sender(backoff_s=0.2, backoff_max_s=1.0):
+        await asyncio.sleep(0.8)  # throttled, retrying
+        await rig.send(rig.inbound(rig.a, who, "STOP"))
+        row = await rig.until_status(rig.a, oid, settled)
+    assert row is not None
+    assert (row["status"], row["error_code"]) == ("blocked", "opted_out")
+    assert rig.received() == []
+
+
+async def test_a_message_twilio_never_answers_ends_failed_not_stuck(rig: Rig) -> None:
+    rig.emulator_server.emulator.inject(Fault(kind="server_error"), count=2)
+    who = contact(13)
+    request, oid = rig.reply(rig.a, who, "Olá")
+    later, later_oid = rig.reply(rig.a, who, "Ainda aí?")
+    await rig.send(rig.inbound(rig.a, who), request, later)
+    async with rig.sender(max_attempts=2):
+        row = await rig.until_status(rig.a, oid, settled)
+        next_row = await rig.until_status(rig.a, later_oid, settled)
+    assert row is not None
+    assert (row["status"], row["error_code"]) == ("failed", "retries_exhausted")
+    assert next_row is not None  # the conversation went on
+    assert next_row["twilio_sid"] is not None
+    assert [p["Body"] for p in rig.received()] == ["Ainda aí?"]

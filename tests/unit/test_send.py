@@ -123,6 +123,16 @@ def test_a_callback_before_the_result_is_not_lost() -> None:
     assert sent.status == "delivered"
 
 
+def test_a_failure_callback_before_the_result_keeps_its_code() -> None:
+    state, oid = requested()
+    sid = "SM" + "1" * 32
+    state, _ = run(state, callback(sid, "undelivered", "63018"), ctx())
+    _, events = run(state, result(oid, message_sids=[sid]), ctx())
+    (sent,) = events
+    assert isinstance(sent, OutboundMessageSent)
+    assert (sent.status, sent.error_code) == ("undelivered", "63018")
+
+
 def test_63016_sends_the_window_template_once() -> None:
     state, oid = requested()
     sid = "SM" + "1" * 32
