@@ -98,6 +98,7 @@ async def run_projector(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,  # streams.kafka.FETCH_WAIT_MS (projections may not import streams)
     )
     try:
         for _ in range(connections):

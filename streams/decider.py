@@ -209,6 +209,7 @@ async def run_decider(
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=max(500, session_timeout_ms // 5),
         max_poll_records=max_records,
+        fetch_max_wait_ms=kafka.FETCH_WAIT_MS,
     )
     consumer.subscribe([topics.commands], listener=decider)
     await consumer.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -20,9 +21,16 @@ def producer(bootstrap_servers: str, **overrides: object) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **options)
 
 
+FETCH_WAIT_MS: Final = 20
+"""How long the broker holds a fetch that has nothing new. aiokafka's default (500 ms) adds up
+to half a second to every hop of a message (webhook → decider → agent → decider → sender:
+four hops); 20 ms costs a few idle fetches a second per worker instead (BENCHMARKS.md)."""
+
+
 def groupless_consumer(bootstrap_servers: str, **overrides: object) -> AIOKafkaConsumer:
     """A reader that never joins a group and never commits: assign + seek only."""
     options: dict[str, object] = {
+        "fetch_max_wait_ms": FETCH_WAIT_MS,
         "group_id": None,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
