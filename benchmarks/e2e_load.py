@@ -19,12 +19,11 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypedDict
 
-from benchmarks.loadgen import HOST
+from benchmarks.loadgen import HOST, loop_factory
 
 PREOPEN: Final = 16
 START_DELAY_S: Final = 0.5
@@ -118,21 +117,13 @@ async def run(plan: dict[str, object]) -> dict[str, object]:
             "cpu_s": time.process_time()}  # fmt: skip
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e_load")
     parser.add_argument("plan", type=Path)
     parser.add_argument("result", type=Path)
     args = parser.parse_args(argv)
     plan = json.loads(args.plan.read_text())
-    result = asyncio.run(run(plan), loop_factory=_loop_factory())
+    result = asyncio.run(run(plan), loop_factory=loop_factory())
     args.result.write_text(json.dumps(result))
     return 0
 

@@ -21,11 +21,12 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
+
+from benchmarks.loadgen import loop_factory
 
 MARKER: Final = re.compile(r"\[m:[^\]]+\]")
 REPLY: Final = "Claro! Vou verificar isso para você agora mesmo."
@@ -137,21 +138,13 @@ async def serve(port: int, delay_s: float) -> None:
         await server.serve_forever()
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fake_llm")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-s", type=float, default=0.0)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.port, args.delay_s), loop_factory=_loop_factory())
+        asyncio.run(serve(args.port, args.delay_s), loop_factory=loop_factory())
     return 0
 
 

@@ -131,7 +131,8 @@ async def run(args: argparse.Namespace) -> LoadResult:
     }
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (the benchmark processes' load side), else None."""
     try:
         import uvloop
     except ImportError:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--max-requests", type=int, default=300_000)
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(run(args), loop_factory=_loop_factory())))
+    print(json.dumps(asyncio.run(run(args), loop_factory=loop_factory())))
     return 0
 
 

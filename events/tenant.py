@@ -67,6 +67,10 @@ class AgentSettings(_Part):
         min_length=1, max_length=1000,
     )  # fmt: skip
 
+    def template(self, purpose: Literal["window_closed", "fallback"]) -> Template | None:
+        """The approved template for `purpose` (at most one per purpose), if any."""
+        return next((t for t in self.templates if t.purpose == purpose), None)
+
     @model_validator(mode="after")
     def _distinct(self) -> Self:
         if len(set(self.enabled_tools)) != len(self.enabled_tools):

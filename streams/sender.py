@@ -163,8 +163,7 @@ class Sender:
             self.clients.pop(envelope.tenant_id, None)
             return
         if isinstance(event, AgentConfigured):
-            found = [t for t in event.settings.templates if t.purpose == "window_closed"]
-            tenant.window_template = found[0] if found else None
+            tenant.window_template = event.settings.template("window_closed")
             return
         if not isinstance(event, CONVERSATION_EVENTS):
             return

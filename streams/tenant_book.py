@@ -104,8 +104,7 @@ class TenantBook:
 
     def _window_template(self) -> Template | None:
         agent = self.profile.agent if self.profile is not None else None
-        found = [t for t in agent.templates if t.purpose == "window_closed"] if agent else []
-        return found[0] if found else None
+        return agent.template("window_closed") if agent is not None else None
 
     def _guard_tenant(self, body: Message) -> None:
         if self.profile is None:
