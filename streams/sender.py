@@ -293,7 +293,10 @@ class Sender:
             await self.per_sender.wait((tenant_id, request.sender))
             await self.per_recipient.wait((tenant_id, request.contact))
             async with self.in_flight:
+                # Whatever this attempt does is over by `started` + the timeout: a later lookup
+                # (ADR 0015) counts its settle time from there, in this run or the next.
                 started = self.now()
+                deadline = asyncio.get_running_loop().time() + self.options.timeout_s
                 if not await self.ledger.begin(
                     tenant_id, oid, part, recipient=request.contact, sender=request.sender,
                     body=text, content_sid=plan.content_sid, at=started,
@@ -304,6 +307,7 @@ class Sender:
                         tenant_id), body=text, content_sid=plan.content_sid,
                     content_variables=(orjson.dumps(plan.content_variables).decode()
                                        if plan.content_variables else None),
+                    deadline=deadline,
                 )  # fmt: skip
             match outcome:
                 case Created():
@@ -324,8 +328,7 @@ class Sender:
                     failures += 1
                     log.warning("no answer from Twilio for a message (%s); reconciling",
                                 outcome.detail, extra=_extra(tenant_id, oid))  # fmt: skip
-                    # The settle time counts from when the call gave up, not from when it was
-                    # queued: a call can wait for a connection before its own timeout starts.
+                    # The settle time counts from when the call gave up (by its deadline).
                     found = await self._reconcile(known, request, part, text, started,
                                                   returned=self.now())  # fmt: skip
                     if found is not None:

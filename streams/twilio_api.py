@@ -14,6 +14,7 @@ real API or at any base URL (the emulator). Every outcome is classified for the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,8 +70,11 @@ class HttpxTwilioClient(AsyncHttpClient):  # type: ignore[misc]  # the SDK is un
         super().__init__(logger=log, is_async=True, timeout=timeout_s)
         self.base_url = base_url.rstrip("/") if base_url else None
         host = urlsplit(self.base_url or REAL_API).hostname or ""
+        # Half of the call's time at most waiting for a pooled connection: a call that never
+        # got one is known not sent (`NotSent`), not ambiguous, and the rest is left for it.
+        self._timeout = _phases(timeout_s)
         self._http = httpx.AsyncClient(
-            timeout=timeout_s,
+            timeout=self._timeout,
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
             trust_env=host not in ("127.0.0.1", "localhost", "::1"),  # no proxy for a local API
@@ -93,12 +97,17 @@ class HttpxTwilioClient(AsyncHttpClient):  # type: ignore[misc]  # the SDK is un
         response = await self._http.request(
             method, uri, params=params, data=data, headers=headers,  # type: ignore[arg-type]
             auth=httpx.BasicAuth(*auth) if auth else None,
-            timeout=timeout or self.timeout, follow_redirects=allow_redirects,
+            timeout=_phases(timeout) if timeout else self._timeout,
+            follow_redirects=allow_redirects,
         )  # fmt: skip
         return Response(response.status_code, response.text, response.headers)
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+def _phases(timeout_s: float) -> httpx.Timeout:
+    return httpx.Timeout(timeout_s, pool=timeout_s / 2)
 
 
 @dataclass(slots=True)
@@ -120,7 +129,11 @@ class TwilioMessages:
         body: str | None = None,
         content_sid: str | None = None,
         content_variables: str | None = None,
+        deadline: float | None = None,
     ) -> Outcome:
+        """Create the message; the whole call (a wait for a pooled connection, connecting,
+        writing, reading) ends by `deadline` (the running loop's clock): httpx's timeout is per
+        phase, so without it a call could still go out well after its timeout."""
         kwargs: dict[str, object] = {"to": to, "from_": from_, "status_callback": status_callback}
         if content_sid is not None:
             kwargs["content_sid"] = content_sid
@@ -129,7 +142,10 @@ class TwilioMessages:
         else:
             kwargs["body"] = body
         try:
-            message = await self.client.messages.create_async(**kwargs)
+            async with asyncio.timeout_at(deadline):
+                message = await self.client.messages.create_async(**kwargs)
+        except TimeoutError:  # cancelled at the deadline: it may have gone out
+            return Unknown("no answer by the call's deadline")
         except TwilioRestException as exc:
             return _classified(exc)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def _start(rig: Rig, twilio: str, state_dir: Path, log: Path) -> subprocess.Pope
         **os.environ, "KAFKA_BOOTSTRAP_SERVERS": rig.brokers, "DATABASE_URL": rig.database_url,
         "ZAPFLOW_SECRET_KEY": SECRET_KEY_ENV, "ZAPFLOW_TWILIO_API_URL": twilio,
         "ZAPFLOW_PUBLIC_URL": rig.api_url, "ZAPFLOW_TWILIO_TIMEOUT_S": "2",
-        "ZAPFLOW_TWILIO_SETTLE_S": "3", "ZAPFLOW_STATE_DIR": str(state_dir),
+        "ZAPFLOW_TWILIO_SETTLE_S": "6", "ZAPFLOW_STATE_DIR": str(state_dir),
         "NO_PROXY": "127.0.0.1,localhost",
     }  # fmt: skip
     with log.open("ab") as out:
@@ -94,6 +94,17 @@ async def _caught_up(log: Path, before: int, process: subprocess.Popen[bytes]) -
     """Until this run has folded the event log (a new "caught up" line), or 60 s."""
     for _ in range(600):
         if await asyncio.to_thread(_runs_caught_up, log) > before or process.poll() is not None:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _sending(
+    received: Callable[[], Awaitable[list[dict[str, Any]]]], before: int,
+    process: subprocess.Popen[bytes],
+) -> None:  # fmt: skip
+    """Until Twilio received a message more than `before` (this run sends), or 30 s."""
+    for _ in range(300):
+        if len(await received()) > before or process.poll() is not None:
             return
         await asyncio.sleep(0.1)
 
@@ -138,10 +149,11 @@ async def test_sigkills_at_random_points_never_send_a_message_twice(
             process = _start(rig, twilio, tmp_path / "state", log)
             try:
                 if len(kills) < MAX_KILLS:
-                    # Killed while sending: once this run has folded the log (however slow
-                    # the machine is to start it), a moment later.
+                    # Killed while sending: once this run has folded the log and its first new
+                    # message reached Twilio (however slow the machine is), a moment later.
                     await _caught_up(log, before, process)
-                    await asyncio.sleep(rng.uniform(0.2, 1.5))
+                    await _sending(received, len(await received()), process)
+                    await asyncio.sleep(rng.uniform(0.0, 1.0))
                     if process.poll() is None:
                         process.send_signal(signal.SIGKILL)
                         kills.append(len(await received()))

@@ -16,15 +16,18 @@ import openai
 import pytest
 from twilio.request_validator import RequestValidator
 
-from emulator import Fault
+from emulator import CallbackOptions, EmulatorServer, Fault, create_app
 from streams.agent import AgentOptions, run_agent
 from streams.llm import OpenAIChat
+from streams.twilio_api import Created, HttpxTwilioClient, TwilioMessages, Unknown
 from tests.integration import fake_openai as fake
 from tests.integration.fake_openai import FakeOpenAI
 from tests.integration.sender_rig import TEMPLATE, Rig, contact, live_rig, settled
 from tests.integration.twilio_driver import inbound, sid
 
 pytestmark = pytest.mark.integration
+SENDER = "whatsapp:+14155238886"
+UNUSED = "http://127.0.0.1:9/status"  # callbacks are not looked at here
 
 
 @pytest.fixture
@@ -225,3 +228,36 @@ async def test_a_message_twilio_never_answers_ends_failed_not_stuck(rig: Rig) ->
     assert next_row is not None  # the conversation went on
     assert next_row["twilio_sid"] is not None
     assert [p["Body"] for p in rig.received()] == ["Ainda aí?"]
+
+
+async def test_a_call_that_waited_for_a_connection_never_goes_out_after_its_deadline() -> None:
+    """The ledger's rule (ADR 0015) needs every call over by its start + the timeout. httpx's
+    timeout is per phase: a create queued behind a busy connection would still go out once
+    the connection is free, seconds later, after a lookup could have missed it."""
+    account, token = "AC" + "1" * 32, "secret-token"
+    server = EmulatorServer(create_app({account: token}, callbacks=CallbackOptions(read=False)))
+    with server:
+        server.emulator.record_inbound(contact(7), SENDER)
+        server.emulator.inject(Fault(kind="slow", delay_s=2.0))
+        http = HttpxTwilioClient(server.url, timeout_s=5.0, max_connections=1)
+        api = TwilioMessages.for_account(http, account, token)
+        loop = asyncio.get_running_loop()
+        try:
+            calls = [
+                api.create(
+                    to=contact(7),
+                    from_=SENDER,
+                    status_callback=UNUSED,
+                    body=body,
+                    deadline=loop.time() + deadline_s,
+                )
+                for body, deadline_s in (("first", 10.0), ("second", 1.0))
+            ]
+            first, second = await asyncio.gather(*calls)
+            await asyncio.sleep(1.0)  # the connection is free: nothing queued may use it now
+        finally:
+            await http.close()
+        assert isinstance(first, Created)
+        assert isinstance(second, Unknown)
+        bodies = [m.body for m in server.emulator.messages(account)]
+        assert bodies == ["first"]
