@@ -126,6 +126,8 @@ class AgentRunner:
     conversations: dict[str, AgentConversation] = field(default_factory=dict)
     tenants: dict[UUID, _Tenant] = field(default_factory=dict)
     due: dict[str, float] = field(default_factory=dict)
+    arrived: dict[str, datetime] = field(default_factory=dict)
+    """When each conversation's newest message was recorded, as folded during the catch-up."""
     running: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     caught_up: bool = False
@@ -157,6 +159,8 @@ class AgentRunner:
             case InboundMessageReceived():
                 if self.caught_up:
                     self.due[cid] = self.clock() + self.options.debounce_s
+                else:
+                    self.arrived[cid] = envelope.recorded_at
             case AgentTurnDiscarded():
                 self._outcome(cid, found, event.trigger_message_sid)
             case AgentReplied():
@@ -185,10 +189,14 @@ class AgentRunner:
     def schedule_pending(self) -> int:
         """After the catch-up: every conversation whose newest message still waits for a turn."""
         self.caught_up = True
-        pending = [cid for cid, c in self.conversations.items() if _waiting(c, self.clock())]
-        now = self.clock()
+        now, wall = self.clock(), datetime.now(UTC)
+        pending = [cid for cid, c in self.conversations.items() if _waiting(c, now)]
         for cid in pending:
-            self.due.setdefault(cid, now)
+            # A burst still arriving while the log was read keeps the rest of its debounce
+            # window (a runner started mid-burst answers it once); older messages run now.
+            age = (wall - self.arrived.get(cid, wall)).total_seconds()
+            self.due.setdefault(cid, now + max(0.0, self.options.debounce_s - age))
+        self.arrived.clear()
         return len(pending)
 
     # -- turns ------------------------------------------------------------------------------

@@ -138,17 +138,35 @@ async def test_a_burst_is_one_turn_and_a_handoff_silences_the_bot(
 ) -> None:  # fmt: skip
     client, a, _ = platform
     llm.script.append(fake.tool("handoff_to_human", '{"reason": "pediu uma pessoa"}'))
-    async with runner(fresh_broker, database_url, llm, debounce_s=2.0):
+    async with runner(fresh_broker, database_url, llm, debounce_s=3.0):
         for body in ("Oi", "quero falar", "com uma pessoa"):
             await asyncio.to_thread(_send, client, a, _contact(1), body)
         found = await _until(lambda: _messages(client, a),
                              lambda m: m and m[0]["state"] == "handoff_requested")  # fmt: skip
         assert found[0]["state"] == "handoff_requested"
         await asyncio.to_thread(_send, client, a, _contact(1), "alguém aí?")
-        await asyncio.sleep(2.0 + 2.0)  # past the debounce: a wrongful turn would have started
+        await asyncio.sleep(3.0 + 2.0)  # past the debounce: a wrongful turn would have started
     (sent,) = llm.requests  # one turn for the burst, none once handed off
     assert [m["content"] for m in sent["messages"][1:]] == ["Oi", "quero falar", "com uma pessoa"]
     assert _bot(await asyncio.to_thread(_messages, client, a)) == []
+
+
+async def test_a_runner_started_during_a_burst_answers_it_once(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str,
+    llm: FakeOpenAI,
+) -> None:  # fmt: skip
+    """A message decided just before the runner started keeps the rest of its debounce
+    window: the messages right behind it are answered with it, in one turn."""
+    client, a, _ = platform
+    await asyncio.to_thread(_send, client, a, _contact(3), "Oi")
+    await _until(lambda: _messages(client, a), lambda m: len(m) == 1)  # decided and projected
+    llm.script.append(fake.text("Olá! Em que posso ajudar?"))
+    async with runner(fresh_broker, database_url, llm, debounce_s=6.0):
+        for body in ("quero marcar", "uma consulta"):
+            await asyncio.to_thread(_send, client, a, _contact(3), body)
+        await _until(lambda: _messages(client, a), lambda m: len(_bot(m)) == 1)
+    (sent,) = llm.requests
+    assert [m["content"] for m in sent["messages"][1:]] == ["Oi", "quero marcar", "uma consulta"]
 
 
 async def test_messages_that_arrived_while_no_runner_ran_are_answered_once(

@@ -113,13 +113,15 @@ class Receiver:
                     headers=dict(self.headers.items()),
                     at=time.monotonic(),
                 )
+                # Recorded before the answer: once answered, the emulator sends the next one,
+                # whose handler thread could otherwise record it first.
+                with receiver._changed:
+                    receiver.callbacks.append(callback)
+                    receiver._changed.notify_all()
                 last = urlsplit(self.path).path.rsplit("/", 1)[-1]
                 self.send_response(int(last) if last.isdigit() else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                with receiver._changed:
-                    receiver.callbacks.append(callback)
-                    receiver._changed.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
