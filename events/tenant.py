@@ -1,8 +1,8 @@
-"""Events of a tenant's own stream ("tenant:<id>"): registration and its credentials."""
+"""Events of a tenant's own stream ("tenant:<id>"): registration, settings, senders, suspension."""
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -89,4 +89,65 @@ class AgentConfigured(Message):
     settings: AgentSettings
 
 
-type TenantEvent = TenantRegistered | AgentConfigured
+SENDER_PATTERN: Final = r"^(whatsapp:)?\+[1-9][0-9]{6,14}$"
+
+
+class TenantSettingsUpdated(Message):
+    type: Literal["TenantSettingsUpdated"] = "TenantSettingsUpdated"
+    schema_version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=200)
+
+
+class WhatsAppSenderAdded(Message):
+    type: Literal["WhatsAppSenderAdded"] = "WhatsAppSenderAdded"
+    schema_version: Literal[1] = 1
+    sender: str = Field(pattern=SENDER_PATTERN)
+
+
+class WhatsAppSenderRemoved(Message):
+    type: Literal["WhatsAppSenderRemoved"] = "WhatsAppSenderRemoved"
+    schema_version: Literal[1] = 1
+    sender: str = Field(pattern=SENDER_PATTERN)
+
+
+class TwilioCredentialsRotated(Message):
+    """The tenant's Twilio credentials from now on; the token, as ever, only encrypted."""
+
+    type: Literal["TwilioCredentialsRotated"] = "TwilioCredentialsRotated"
+    schema_version: Literal[1] = 1
+    twilio_account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
+    twilio_auth_token_encrypted: str = Field(
+        min_length=1, description="AES-GCM, base64; key from settings."
+    )
+
+
+class TenantSuspended(Message):
+    """No inbound message is accepted and nothing is sent until the tenant is reactivated."""
+
+    type: Literal["TenantSuspended"] = "TenantSuspended"
+    schema_version: Literal[1] = 1
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class TenantReactivated(Message):
+    type: Literal["TenantReactivated"] = "TenantReactivated"
+    schema_version: Literal[1] = 1
+
+
+type TenantLifecycleEvent = (
+    TenantSettingsUpdated
+    | WhatsAppSenderAdded
+    | WhatsAppSenderRemoved
+    | TwilioCredentialsRotated
+    | TenantSuspended
+    | TenantReactivated
+)
+TENANT_LIFECYCLE_EVENTS: Final = (
+    TenantSettingsUpdated,
+    WhatsAppSenderAdded,
+    WhatsAppSenderRemoved,
+    TwilioCredentialsRotated,
+    TenantSuspended,
+    TenantReactivated,
+)
+type TenantEvent = TenantRegistered | AgentConfigured | TenantLifecycleEvent
