@@ -1,4 +1,4 @@
-"""The tenant aggregate: registration (the full identity module comes later)."""
+"""The tenant aggregate's registration, and the profile the decider keeps of every tenant."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class TenantProfile:
     account_sid: str
     senders: frozenset[str]
     agent: AgentSettings | None = None
+    suspended: bool = False
 
 
 def decide_registration(current: TenantProfile | None, command: RegisterTenant) -> TenantRegistered:
