@@ -138,6 +138,8 @@ class Context:
     latest: datetime | None = None
     window_template: Template | None = None
     """The tenant's approved template for a closed window (its agent settings), if any."""
+    suspended: bool = False
+    """The tenant is suspended: an agent turn is an outcome that sends nothing (ADR 0018)."""
 
     @property
     def send_time(self) -> datetime:
@@ -285,7 +287,12 @@ def _turn(current: Conversation, command: RecordAgentTurn, ctx: Context) -> list
     if trigger in current.answered:
         raise Rejected("turn_already_recorded", f"message {trigger} already has a turn outcome")
     discard = None
-    if current.state != "bot":
+    if ctx.suspended:
+        # An outcome, not a rejection: the runner would otherwise ask the model again and again.
+        discard = AgentTurnDiscarded(conversation_id=cid, turn_id=command.turn_id,
+                                     trigger_message_sid=trigger, reason="tenant_suspended",
+                                     detail="the tenant is suspended")  # fmt: skip
+    elif current.state != "bot":
         discard = AgentTurnDiscarded(conversation_id=cid, turn_id=command.turn_id,
                                      trigger_message_sid=trigger, reason="not_bot",
                                      detail=f"the conversation is {current.state}")  # fmt: skip

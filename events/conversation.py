@@ -247,7 +247,9 @@ class AgentTurnDiscarded(Message):
     conversation_id: str
     turn_id: str
     trigger_message_sid: str
-    reason: Literal["not_bot", "opted_out", "superseded", "outside_service_window"]
+    reason: Literal[
+        "not_bot", "opted_out", "superseded", "outside_service_window", "tenant_suspended"
+    ]
     detail: str = ""
 
 

@@ -17,7 +17,6 @@ from uuid import UUID, uuid5
 
 from commands import api_keys, directory, memberships, registration, users
 from commands import conversation as conv
-from commands.agent import RecordAgentTurn
 from commands.agent_config import ConfigureAgent, decide_agent_config
 from commands.catalog import COMMAND_REGISTRY
 from commands.directory import Directory
@@ -53,7 +52,8 @@ _IDENTITY_COMMANDS: Final = (
 )
 _IDENTITY_EVENTS: Final = (*IDENTITY_EVENTS, *REGISTRATION_EVENTS)
 # What a suspended tenant may not do: take in customers' messages, or send (a turn's reply).
-_SUSPENDED_REFUSES: Final = (ReceiveInboundMessage, RequestOutboundMessage, RecordAgentTurn)
+# (An agent turn is not refused but discarded, with an event: see `conv.Context.suspended`.)
+_SUSPENDED_REFUSES: Final = (ReceiveInboundMessage, RequestOutboundMessage)
 # Commands re-delivered after a crash are recognised by id for this many recent commands.
 RECENT_COMMANDS: Final = 10_000
 
@@ -132,8 +132,11 @@ class TenantBook:
         try:
             self._guard_tenant(body)
             current = self.conversations.get(cid) or conv.Conversation(cid)
-            ctx = conv.Context(command.command_id, command.issued_at, recorded_at,
-                               window_template=self._window_template())  # fmt: skip
+            suspended = self.profile is not None and self.profile.suspended
+            ctx = conv.Context(
+                command.command_id, command.issued_at, recorded_at,
+                window_template=self._window_template(), suspended=suspended,
+            )  # fmt: skip
             return stream, list(conv.decide(current, body, ctx))
         except Rejected as rejected:
             return stream, [_rejection(command, rejected)]

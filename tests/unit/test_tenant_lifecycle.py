@@ -24,7 +24,7 @@ from commands.tenant_lifecycle import (
     SuspendTenant,
     UpdateTenantSettings,
 )
-from events.conversation import OutboundMessageRequested
+from events.conversation import AgentTurnDiscarded, OutboundMessageRequested
 from events.registration import PLATFORM_TENANT_ID
 from events.tenant import AgentSettings, Template
 from tests.identity_world import World, sha, tenant_id
@@ -108,7 +108,10 @@ def test_a_suspended_tenant_takes_no_messages_and_sends_nothing() -> None:
     assert w.outcome(T, send) == ["rejected:tenant_suspended"]
     turn = RecordAgentTurn(conversation_id=cid, turn_id="t1", trigger_message_sid="SM1",
                            agent="faq", model="faq", prompt_hash="0" * 64, reply="Olá")  # fmt: skip
-    assert w.outcome(T, turn) == ["rejected:tenant_suspended"]
+    # A turn is an outcome that sends nothing (a rejection would have the runner ask again).
+    (discarded,) = w.submit(T, turn)
+    assert isinstance(discarded, AgentTurnDiscarded)
+    assert discarded.reason == "tenant_suspended"
     # What Twilio reports about messages already out is a fact, recorded all the same.
     status = RecordDeliveryStatus(message_sid="SMx", account_sid=ACCOUNT, status="delivered",
                                   contact=CONTACT, sender=SENDER)  # fmt: skip
