@@ -147,6 +147,25 @@ def _rejected(saga: Saga, event: CommandRejected) -> Saga:
 
 
 _STEP_NAMED: Final[dict[str, Step]] = {step: step for step in STEPS}
+_FORWARD_TYPES: Final[dict[str, Step]] = {
+    "ReserveEmail": "reserve_email", "CreateUser": "create_user",
+    "AddMembership": "add_membership", "IssueInvitation": "issue_invitation",
+}  # fmt: skip
+
+
+def forward_step(command_type: str) -> Step | None:
+    """The forward step a command of this type performs; None for completion and the
+    compensations."""
+    return _FORWARD_TYPES.get(command_type)
+
+
+def give_up(saga: Saga, step: Step, reason: str) -> Saga:
+    """A forward step that never got an outcome counts as failed (the runner's timeout rule,
+    ADR 0018): the same as its rejection, so the first failure still counts and a registration
+    already over or compensating is left as it is."""
+    if saga.outcome is not None or saga.failure is not None or saga.compensating:
+        return saga
+    return replace(saga, failure=(step, reason))
 
 
 def next_step(saga: Saga) -> list[SagaCommand]:

@@ -198,14 +198,22 @@ async def submit(
         schema_version=command.schema_version, issued_at=issued_at, correlation_id=command_id,
         payload=command.payload(),
     )  # fmt: skip
+    await submit_envelope(producer, envelope, retry_s)
+
+
+async def submit_envelope(
+    producer: AIOKafkaProducer, envelope: CommandEnvelope, retry_s: float = 1.0
+) -> None:
+    """`submit` for an envelope built by the caller (its own correlation id), keyed by tenant."""
     key, value, headers = encode_command(envelope)
     while True:
         try:
             await producer.send_and_wait(COMMANDS, value, key=key, headers=headers)
         except KafkaError as exc:
             logging.getLogger("zapflow.commands").warning(
-                "could not submit %s (%s); retrying", command.type, type(exc).__name__,
-                extra={"tenant_id": str(tenant_id), "command_id": str(command_id)},
+                "could not submit %s (%s); retrying", envelope.type, type(exc).__name__,
+                extra={"tenant_id": str(envelope.tenant_id),
+                       "command_id": str(envelope.command_id)},
             )  # fmt: skip
             await asyncio.sleep(retry_s)
         else:

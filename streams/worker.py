@@ -1,7 +1,7 @@
 """The long-running worker processes; each connects, runs its handler loop, and stops on SIGTERM.
 
 The decider runs `streams.decider`, the projector `projections.runner`, the agent
-`streams.agent`, the sender `streams.sender`.
+`streams.agent`, the sender `streams.sender`, the registration saga `streams.registrations`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from streams import kafka
 if TYPE_CHECKING:  # imported by the agent alone: the other workers need no model SDK
     from streams.agent import AgentOptions
     from streams.llm import Model
+    from streams.registrations import RegistrationOptions
     from streams.sender import SenderOptions
 
-type WorkerName = Literal["decider", "agent", "sender", "projector"]
-WORKERS: Final[tuple[WorkerName, ...]] = ("decider", "agent", "sender", "projector")
+type WorkerName = Literal["decider", "agent", "sender", "registrations", "projector"]
+WORKERS: Final[tuple[WorkerName, ...]] = ("decider", "agent", "sender", "registrations",
+                                          "projector")  # fmt: skip
 
 log = logging.getLogger("zapflow.worker")
 
@@ -41,6 +43,7 @@ async def run_worker(
     agent_options: AgentOptions | None = None,
     sender_options: SenderOptions | None = None,
     secret_key: bytes | None = None,
+    registration_options: RegistrationOptions | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,6 +78,13 @@ async def run_worker(
             raise WorkerStartError("sender: needs a database URL, options and the secret key")
         log.info("sender starting (Twilio API: %s)", sender_options.twilio_api_url or "Twilio")
         await run_sender(bootstrap_servers, database_url, secret_key, sender_options, stop)
+    elif name == "registrations":
+        from streams.registrations import RegistrationOptions, run_registrations
+
+        log.info("registrations starting")
+        await run_registrations(
+            bootstrap_servers, stop, registration_options or RegistrationOptions()
+        )
     else:
         raise WorkerStartError(f"no such worker: {name}")
     log.info("%s stopped", name)

@@ -17,7 +17,7 @@ from commands.registration import StartRegistration
 from commands.registration_saga import Saga, SagaCommand, evolve, next_step, start
 from commands.tenant import RegisterTenant
 from events.chain import head_of, seal
-from events.envelope import CommandEnvelope
+from events.envelope import CommandEnvelope, EventEnvelope
 from events.platform import CommandRejected
 from events.registry import Message
 from streams.tenant_book import TenantBook
@@ -53,6 +53,8 @@ class World:
     def __init__(self) -> None:
         self.books: dict[uuid.UUID, TenantBook] = {}
         self.log: list[Message] = []
+        self.envelopes: list[EventEnvelope] = []
+        """The sealed events of `log`, as a reader of the event topic gets them."""
         self.now: datetime = EPOCH
         self._issued = 0
 
@@ -79,6 +81,7 @@ class World:
         for sealed_envelope, event in sealed:
             book.record(sealed_envelope, event)
             self.log.append(event)
+            self.envelopes.append(sealed_envelope)
         return [event for _, event in sealed]
 
     def outcome(self, tenant: uuid.UUID, command: Message) -> list[str]:

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="run the whole platform locally (broker, PostgreSQL, all processes)")
     sub.add_parser("api", help="run the HTTP API (uvicorn)")
     worker = sub.add_parser("worker", help="run one worker process")
-    worker.add_argument("name", choices=["decider", "agent", "sender", "projector"])
+    worker.add_argument(
+        "name", choices=["decider", "agent", "sender", "registrations", "projector"]
+    )
     sub.add_parser("setup", help="apply migrations and ensure topics (idempotent)")
     sub.add_parser("migrate", help="apply SQL migrations from schemas/sql (idempotent)")
     topics = sub.add_parser("topics", help="manage the topics zapflow owns")
@@ -220,6 +222,15 @@ def _sender_setup(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _registrations_setup(settings: Settings) -> dict[str, Any]:
+    from streams.registrations import RegistrationOptions
+
+    return {"registration_options": RegistrationOptions(
+        step_timeout_s=settings.registration_step_timeout_s,
+        max_reissues=settings.registration_max_reissues,
+    )}  # fmt: skip
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker import WorkerStartError, run_worker
     from zapflow.runtime import resolve
@@ -228,6 +239,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     extra = _agent_setup(settings, endpoints.database_url) if args.name == "agent" else {}
     if args.name == "sender":
         extra = _sender_setup(settings)
+    if args.name == "registrations":
+        extra = _registrations_setup(settings)
     try:
         asyncio.run(
             run_worker(

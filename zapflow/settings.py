@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         1.5, ge=0, description="Messages of one contact within this window are one turn."
     )
     agent_max_in_flight: int = Field(256, ge=1, le=10_000, description="Turns run at once.")
+    registration_step_timeout_s: float = Field(
+        30.0, gt=0, description="A registration step without an outcome is issued again then."
+    )
+    registration_max_reissues: int = Field(
+        3, ge=0, le=100, description="Re-issues of a forward step before it counts as failed."
+    )
 
     twilio_api_url: str | None = Field(
         default=None,

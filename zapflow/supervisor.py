@@ -195,10 +195,11 @@ def _shutdown(stack: _Stack, grace_s: float, say: Callable[[str], None]) -> None
         return 0.5 if stack.stopping > 1 else grace_s
 
     # The API first (no new commands), then the decider (it decides what was accepted), the
-    # agent and sender, and the projector last: it drains the log into the event archive before
-    # the (in-memory) development broker stops (ADR 0009). The Twilio emulator stops with it,
-    # after the sender, whose last calls it still answers.
-    for group in (["api"], ["decider", "agent", "sender"], ["projector", "emulator"]):
+    # agent, the sender and the registration saga, and the projector last: it drains the log
+    # into the event archive before the (in-memory) development broker stops (ADR 0009). The
+    # Twilio emulator stops with it, after the sender, whose last calls it still answers.
+    for group in (["api"], ["decider", "agent", "sender", "registrations"],
+                  ["projector", "emulator"]):  # fmt: skip
         stop_all([stack.children[name] for name in group if name in stack.children], grace())
     if stack.database is not None:
         stack.database.stop(grace())

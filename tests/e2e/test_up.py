@@ -83,8 +83,8 @@ def test_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> 
         runtime = platform.runtime()
         children = runtime["children"]
         assert isinstance(children, dict)
-        assert set(children) == {"api", "decider", "agent", "sender", "projector", "broker",
-                                 "postgres", "emulator"}  # fmt: skip
+        assert set(children) == {"api", "decider", "agent", "sender", "registrations",
+                                 "projector", "broker", "postgres", "emulator"}  # fmt: skip
         pids = platform.pids()
 
         # No ZAPFLOW_TWILIO_API_URL: the emulator runs, every child is pointed at it, and it
@@ -92,7 +92,7 @@ def test_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> 
         emulator_url = str(runtime["emulator_url"])
         assert emulator_url.startswith("http://127.0.0.1:")
         assert runtime["twilio_api_url"] == emulator_url
-        for name in ("api", "decider", "agent", "sender", "projector"):
+        for name in ("api", "decider", "agent", "sender", "registrations", "projector"):
             assert child_env(children[name])["ZAPFLOW_TWILIO_API_URL"] == emulator_url, name
         account, token = "AC" + uuid.uuid4().hex, uuid.uuid4().hex
         sent = twilio(emulator_url, account, token).messages.create(

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = Path(__file__).with_name("compose-spec.json")
-APP_SERVICES = frozenset({"api", "decider", "agent", "sender", "projector"})
+APP_SERVICES = frozenset({"api", "decider", "agent", "sender", "registrations", "projector"})
 PINNED_TAG = re.compile(r"v?\d+\.\d+(\.\d+)?([.-][\w.-]+)?")
 
 type Document = dict[str, Any]
