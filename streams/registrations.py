@@ -193,6 +193,7 @@ class RegistrationRunner:
                 log.warning("giving up a step: %s", reason, extra=_context(rid, saga))
                 self.sagas[rid] = give_up(saga, step, reason)
                 due += self._next(rid, now)
+                waiting.at = now  # if it was not given up after all, wait again
                 continue
             level = logging.ERROR if waiting.attempts > limit else logging.WARNING
             log.log(level, "no outcome of %s after %.0f s; issuing it again (attempt %d)",
