@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -68,3 +69,19 @@ async def probe(url: str, timeout_s: float) -> str | None:
     finally:
         await conn.close()
     return None
+
+
+PROJECTOR_ROLE = "zapflow_projector"
+"""The role projections write tenant rows as: owns nothing, subject to row-level security."""
+
+
+async def write_as(conn: Conn, tenant_id: UUID | None) -> None:
+    """For the rest of the transaction (or until called again), write as the projector role with
+    `tenant_id` set, so row-level security checks every row; None: the connection's own role."""
+    if tenant_id is None:
+        await conn.execute("SELECT set_config('role', 'none', true)")
+        return
+    await conn.execute(
+        "SELECT set_config('role', $1, true), set_config('app.tenant_id', $2, true)",
+        PROJECTOR_ROLE, str(tenant_id),
+    )  # fmt: skip

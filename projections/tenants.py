@@ -1,4 +1,5 @@
-"""The tenant directory: `tenants` and `tenant_senders`, projected from `TenantRegistered`.
+"""The tenant directory: `tenants` and `tenant_senders`, projected from `TenantRegistered`, and
+whether each tenant is suspended (`TenantSuspended`, `TenantReactivated`).
 
 `apply` is idempotent on its own (a row remembers the `tenant_seq` that wrote it and older or
 repeated events leave it alone), so it stays correct even without the runner's sequence skip.
@@ -38,7 +39,7 @@ RETURNING tenant_id
 
 _SELECT_TENANT: Final = """
 SELECT t.tenant_id, t.name, t.twilio_account_sid, t.twilio_auth_token_encrypted,
-       t.api_key_sha256,
+       t.api_key_sha256, t.suspended,
        ARRAY(SELECT s.sender FROM tenant_senders s WHERE s.tenant_id = t.tenant_id) AS senders
 FROM tenants t
 """
@@ -54,10 +55,19 @@ class TenantRecord:
     twilio_auth_token_encrypted: str
     senders: frozenset[str]
     api_key_sha256: str
+    suspended: bool = False
 
 
 async def apply(conn: Conn, envelope: EventEnvelope) -> None:
-    """Project one event; only `TenantRegistered` concerns the directory."""
+    """Project one event; registration and suspension concern the directory."""
+    if envelope.type in ("TenantSuspended", "TenantReactivated"):
+        # Only ever forward: an older or replayed event leaves a newer state alone.
+        await conn.execute(
+            "UPDATE tenants SET suspended = $2, updated_seq = $3 WHERE tenant_id = $1 "
+            "AND updated_seq < $3",
+            envelope.tenant_id, envelope.type == "TenantSuspended", envelope.tenant_seq,
+        )  # fmt: skip
+        return
     if envelope.type != "TenantRegistered":
         return
     event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
@@ -114,6 +124,7 @@ def _record(row: asyncpg.Record) -> TenantRecord:
         twilio_auth_token_encrypted=row["twilio_auth_token_encrypted"],
         senders=frozenset(row["senders"]),
         api_key_sha256=row["api_key_sha256"],
+        suspended=row["suspended"],
     )
 
 

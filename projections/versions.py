@@ -23,7 +23,7 @@ from typing import Final
 
 from aiokafka import AIOKafkaConsumer
 
-from projections import agents, conversations, status, tenants
+from projections import agents, api_keys, conversations, people, registrations, status, tenants
 from projections.batch import Projection
 from projections.checkpoints import partition_offsets
 from projections.database import Conn, connect
@@ -32,6 +32,11 @@ log = logging.getLogger("zapflow.projections")
 
 DDL_DIR: Final = Path(__file__).resolve().parent.parent / "schemas" / "projections"
 TABLES: Final[dict[str, tuple[str, ...]]] = {conversations.NAME: conversations.TABLES}
+UNVERSIONED: Final[tuple[Projection, ...]] = (
+    tenants.PROJECTION, agents.PROJECTION, people.PROJECTION, api_keys.PROJECTION,
+    registrations.PROJECTION,
+)  # fmt: skip
+"""The projections that have one version only, always live (in `public`)."""
 """The versioned projections and the tables each version has."""
 LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('zapflow.projection_versions'))"
 """Taken by whatever changes which version is active or drops one, and by a per-tenant rebuild's
@@ -80,8 +85,7 @@ async def live(conn: Conn) -> tuple[Projection, ...]:
     """What the live projector maintains: the tenant directory and each active version."""
     active = [v for v in await versions(conn) if v.state == "active"]
     return (
-        tenants.PROJECTION,
-        agents.PROJECTION,
+        *UNVERSIONED,
         *(projection(v.projection, v.version) for v in active if v.projection in TABLES),
     )
 

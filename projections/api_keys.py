@@ -1,0 +1,84 @@
+"""A tenant's API keys (`api_keys`), projected from `ApiKeyCreated` and `ApiKeyRevoked`.
+
+Only the key's SHA-256 is stored, as in the log; the key itself was shown once and exists
+nowhere here. Written as the `zapflow_projector` role with the event's tenant set (ADR 0011).
+Listing never returns the hash; `active_key` looks a key up by it, for authentication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+from uuid import UUID
+
+import asyncpg
+
+from events.catalog import EVENT_REGISTRY
+from events.envelope import EventEnvelope
+from events.identity import ApiKeyCreated, ApiKeyRevoked
+from projections.batch import ModuleProjection
+from projections.database import Conn, write_as
+
+NAME: Final = "api_keys"
+TABLES: Final = ("api_keys",)
+
+_CREATE: Final = """
+INSERT INTO api_keys (tenant_id, key_id, name, key_sha256, scopes, created_at)
+VALUES ($1, $2, $3, $4, $5::text[], $6) ON CONFLICT (tenant_id, key_id) DO NOTHING
+"""
+_COLUMNS: Final = "key_id, name, scopes, created_at, revoked_at"
+
+
+async def apply(conn: Conn, envelope: EventEnvelope) -> None:
+    """Project one event; only the API key events concern this module."""
+    if envelope.type not in ("ApiKeyCreated", "ApiKeyRevoked"):
+        return
+    event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
+    tenant = envelope.tenant_id
+    await write_as(conn, tenant)
+    if isinstance(event, ApiKeyCreated):
+        await conn.execute(_CREATE, tenant, event.key_id, event.name, event.key_sha256,
+                           list(event.scopes), envelope.occurred_at)  # fmt: skip
+    elif isinstance(event, ApiKeyRevoked):
+        await conn.execute(
+            "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND key_id = $2 "
+            "AND revoked_at IS NULL", tenant, event.key_id, envelope.occurred_at,
+        )  # fmt: skip
+    await write_as(conn, None)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: UUID
+    name: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def api_keys(conn: Conn, tenant_id: UUID) -> list[ApiKey]:
+    """The tenant's keys, newest first, without their hashes (a transaction with the tenant
+    set: RLS)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM public.api_keys WHERE tenant_id = $1 "  # noqa: S608 - constant
+        "ORDER BY created_at DESC, key_id", tenant_id,
+    )  # fmt: skip
+    return [_key(row) for row in rows]
+
+
+async def active_key(conn: Conn, tenant_id: UUID, key_sha256: str) -> ApiKey | None:
+    """The tenant's unrevoked key with this hash, if any."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM public.api_keys WHERE tenant_id = $1 "  # noqa: S608 - constant
+        "AND key_sha256 = $2 AND revoked_at IS NULL", tenant_id, key_sha256,
+    )  # fmt: skip
+    return None if row is None else _key(row)
+
+
+def _key(row: asyncpg.Record) -> ApiKey:
+    return ApiKey(row["key_id"], row["name"], tuple(row["scopes"]), row["created_at"],
+                  row["revoked_at"])  # fmt: skip
+
+
+PROJECTION: Final = ModuleProjection(NAME, apply)

@@ -1,0 +1,172 @@
+"""A tenant's people: `users`, `memberships` and `invitations`, projected from identity events.
+
+Written as the `zapflow_projector` role with the event's tenant set, so row-level security
+checks every row (ADR 0011). The per-tenant sequence skip of the runner makes replays harmless;
+each write also states the whole fact (active or not, removed or not), never a delta. No query
+here returns a password hash or a token hash, except `credentials`, which login is for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+from uuid import UUID
+
+import asyncpg
+
+from events.catalog import EVENT_REGISTRY
+from events.envelope import EventEnvelope
+from events.identity import (
+    InvitationIssued,
+    InvitationRevoked,
+    MembershipAdded,
+    MembershipRemoved,
+    MembershipRoleChanged,
+    PasswordChanged,
+    UserCreated,
+    UserDisabled,
+    UserEnabled,
+)
+from projections.batch import ModuleProjection
+from projections.database import Conn, write_as
+
+NAME: Final = "people"
+TABLES: Final = ("users", "memberships", "invitations")
+_TYPES: Final = frozenset({
+    "UserCreated", "UserDisabled", "UserEnabled", "PasswordChanged", "MembershipAdded",
+    "MembershipRemoved", "MembershipRoleChanged", "InvitationIssued", "InvitationRevoked",
+})  # fmt: skip
+
+_CREATE_USER: Final = """
+INSERT INTO users (tenant_id, user_id, email, password_hash, active, registration_id, created_at,
+                   updated_at)
+VALUES ($1, $2, $3, $4, true, $5, $6, $6) ON CONFLICT (tenant_id, user_id) DO NOTHING
+"""
+_ADD_MEMBER: Final = """
+INSERT INTO memberships (tenant_id, user_id, role, registration_id, added_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = EXCLUDED.role,
+    registration_id = EXCLUDED.registration_id, added_at = EXCLUDED.added_at, removed_at = NULL
+"""
+_ISSUE: Final = """
+INSERT INTO invitations (tenant_id, invitation_id, user_id, token_sha256, expires_at,
+                         registration_id, issued_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, invitation_id) DO NOTHING
+"""
+_MEMBERS: Final = """
+SELECT u.user_id, u.email, m.role, u.active, m.added_at
+FROM public.memberships m JOIN public.users u USING (tenant_id, user_id)
+WHERE m.tenant_id = $1 AND m.removed_at IS NULL ORDER BY u.email
+"""
+
+
+async def apply(conn: Conn, envelope: EventEnvelope) -> None:
+    """Project one event; only users, memberships and invitations concern this module."""
+    if envelope.type not in _TYPES:
+        return
+    event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
+    tenant, at = envelope.tenant_id, envelope.occurred_at
+    await write_as(conn, tenant)
+    match event:
+        case UserCreated():
+            await conn.execute(_CREATE_USER, tenant, event.user_id, event.email,
+                               event.password_hash, event.registration_id, at)  # fmt: skip
+        case UserDisabled() | UserEnabled():
+            await conn.execute(
+                "UPDATE users SET active = $3, updated_at = $4 WHERE tenant_id = $1 "
+                "AND user_id = $2", tenant, event.user_id, isinstance(event, UserEnabled), at,
+            )  # fmt: skip
+        case PasswordChanged():
+            await conn.execute(
+                "UPDATE users SET password_hash = $3, updated_at = $4 WHERE tenant_id = $1 "
+                "AND user_id = $2", tenant, event.user_id, event.password_hash, at,
+            )  # fmt: skip
+        case MembershipAdded():
+            await conn.execute(_ADD_MEMBER, tenant, event.user_id, event.role,
+                               event.registration_id, at)  # fmt: skip
+        case MembershipRemoved():
+            await conn.execute(
+                "UPDATE memberships SET removed_at = $3 WHERE tenant_id = $1 AND user_id = $2",
+                tenant, event.user_id, at,
+            )  # fmt: skip
+        case MembershipRoleChanged():
+            await conn.execute(
+                "UPDATE memberships SET role = $3 WHERE tenant_id = $1 AND user_id = $2",
+                tenant, event.user_id, event.role,
+            )  # fmt: skip
+        case InvitationIssued():
+            await conn.execute(_ISSUE, tenant, event.invitation_id, event.user_id,
+                               event.token_sha256, event.expires_at, event.registration_id,
+                               at)  # fmt: skip
+        case InvitationRevoked():
+            await conn.execute(
+                "UPDATE invitations SET revoked_at = $3 WHERE tenant_id = $1 "
+                "AND invitation_id = $2 AND revoked_at IS NULL", tenant, event.invitation_id, at,
+            )  # fmt: skip
+        case _:
+            pass  # PasswordResetRequested and the rest: nothing here
+    await write_as(conn, None)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    user_id: UUID
+    email: str
+    active: bool
+    registration_id: UUID
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    user_id: UUID
+    email: str
+    role: str
+    active: bool
+    added_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What login checks a password against: for login alone."""
+
+    user_id: UUID
+    password_hash: str | None
+    active: bool
+
+
+async def user(conn: Conn, tenant_id: UUID, user_id: UUID) -> User | None:
+    """One user of the tenant, inside a transaction with the tenant set (RLS)."""
+    row = await conn.fetchrow(
+        "SELECT user_id, email, active, registration_id, created_at FROM public.users "
+        "WHERE tenant_id = $1 AND user_id = $2", tenant_id, user_id,
+    )  # fmt: skip
+    return None if row is None else User(**dict(row))
+
+
+async def members(conn: Conn, tenant_id: UUID) -> list[Member]:
+    """The tenant's members now, by e-mail, inside a transaction with the tenant set (RLS)."""
+    return [Member(**dict(row)) for row in await conn.fetch(_MEMBERS, tenant_id)]
+
+
+async def invitation_issued(conn: Conn, tenant_id: UUID, invitation_id: UUID) -> bool | None:
+    """None: no such invitation; else whether it still stands (not revoked)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT revoked_at FROM public.invitations WHERE tenant_id = $1 AND invitation_id = $2",
+        tenant_id, invitation_id,
+    )  # fmt: skip
+    return None if row is None else row["revoked_at"] is None
+
+
+async def credentials(conn: Conn, tenant_id: UUID, email: str) -> Credentials | None:
+    """The active user of the tenant with this e-mail, with the password hash (login only)."""
+    row = await conn.fetchrow(
+        "SELECT user_id, password_hash, active FROM public.users WHERE tenant_id = $1 "
+        "AND email = lower(trim($2)) ORDER BY active DESC, created_at DESC LIMIT 1",
+        tenant_id, email,
+    )  # fmt: skip
+    return None if row is None else Credentials(**dict(row))
+
+
+PROJECTION: Final = ModuleProjection(NAME, apply)
