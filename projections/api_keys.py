@@ -17,11 +17,10 @@ import asyncpg
 from events.catalog import EVENT_REGISTRY
 from events.envelope import EventEnvelope
 from events.identity import ApiKeyCreated, ApiKeyRevoked
-from projections.batch import ModuleProjection
 from projections.database import Conn, write_as
 
-NAME: Final = "api_keys"
 TABLES: Final = ("api_keys",)
+TYPES: Final = frozenset({"ApiKeyCreated", "ApiKeyRevoked"})
 
 _CREATE: Final = """
 INSERT INTO api_keys (tenant_id, key_id, name, key_sha256, scopes, created_at)
@@ -32,7 +31,7 @@ _COLUMNS: Final = "key_id, name, scopes, created_at, revoked_at"
 
 async def apply(conn: Conn, envelope: EventEnvelope) -> None:
     """Project one event; only the API key events concern this module."""
-    if envelope.type not in ("ApiKeyCreated", "ApiKeyRevoked"):
+    if envelope.type not in TYPES:
         return
     event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
     tenant = envelope.tenant_id
@@ -79,6 +78,3 @@ async def active_key(conn: Conn, tenant_id: UUID, key_sha256: str) -> ApiKey | N
 def _key(row: asyncpg.Record) -> ApiKey:
     return ApiKey(row["key_id"], row["name"], tuple(row["scopes"]), row["created_at"],
                   row["revoked_at"])  # fmt: skip
-
-
-PROJECTION: Final = ModuleProjection(NAME, apply)

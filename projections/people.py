@@ -28,12 +28,10 @@ from events.identity import (
     UserDisabled,
     UserEnabled,
 )
-from projections.batch import ModuleProjection
 from projections.database import Conn, write_as
 
-NAME: Final = "people"
 TABLES: Final = ("users", "memberships", "invitations")
-_TYPES: Final = frozenset({
+TYPES: Final = frozenset({
     "UserCreated", "UserDisabled", "UserEnabled", "PasswordChanged", "MembershipAdded",
     "MembershipRemoved", "MembershipRoleChanged", "InvitationIssued", "InvitationRevoked",
 })  # fmt: skip
@@ -63,7 +61,7 @@ WHERE m.tenant_id = $1 AND m.removed_at IS NULL ORDER BY u.email
 
 async def apply(conn: Conn, envelope: EventEnvelope) -> None:
     """Project one event; only users, memberships and invitations concern this module."""
-    if envelope.type not in _TYPES:
+    if envelope.type not in TYPES:
         return
     event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
     tenant, at = envelope.tenant_id, envelope.occurred_at
@@ -167,6 +165,3 @@ async def credentials(conn: Conn, tenant_id: UUID, email: str) -> Credentials | 
         tenant_id, email,
     )  # fmt: skip
     return None if row is None else Credentials(**dict(row))
-
-
-PROJECTION: Final = ModuleProjection(NAME, apply)

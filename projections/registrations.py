@@ -37,12 +37,10 @@ from events.registration import (
     UserRegistrationFailed,
     UserRegistrationStarted,
 )
-from projections.batch import ModuleProjection
 from projections.database import Conn, write_as
 
-NAME: Final = "registrations"
 TABLES: Final = ("registrations", "email_directory")
-_TYPES: Final = frozenset({
+TYPES: Final = frozenset({
     "UserRegistrationStarted", "UserRegistrationCompensating", "UserRegistrationCompleted",
     "UserRegistrationFailed", "EmailReserved", "EmailReservationReleased", "UserCreated",
     "UserDisabled", "UserEnabled", "MembershipAdded", "MembershipRemoved", "InvitationIssued",
@@ -77,7 +75,7 @@ _SET: Final = "UPDATE registrations SET {column} = $3, updated_at = GREATEST(upd
 
 async def apply(conn: Conn, envelope: EventEnvelope) -> None:
     """Project one event; only the saga's events concern this module."""
-    if envelope.type not in _TYPES:
+    if envelope.type not in TYPES:
         return
     event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
     tenant, at = envelope.tenant_id, envelope.occurred_at
@@ -184,6 +182,3 @@ def step(row: asyncpg.Record | dict[str, object]) -> str | None:
                ("membership", False, "add_membership"), ("invitation", "none",
                "issue_invitation")]  # fmt: skip
     return next((name for column, value, name in forward if row[column] == value), "complete")
-
-
-PROJECTION: Final = ModuleProjection(NAME, apply)

@@ -39,16 +39,7 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events.envelope import HEADER_ID, header
-from projections import (
-    agents,
-    api_keys,
-    checkpoints,
-    conversations,
-    people,
-    registrations,
-    status,
-    tenants,
-)
+from projections import agents, checkpoints, conversations, identity, status, tenants
 from projections.batch import (
     ModuleProjection,
     Projection,
@@ -64,9 +55,7 @@ __all__ = ["PROJECTIONS", "MissingTopic", "ModuleProjection", "Projection", "run
 PROJECTIONS: Final[tuple[Projection, ...]] = (
     tenants.PROJECTION,
     agents.PROJECTION,
-    people.PROJECTION,
-    api_keys.PROJECTION,
-    registrations.PROJECTION,
+    identity.PROJECTION,
     conversations.Versioned(1),
 )
 """What a freshly migrated database's live projector maintains (version 1 of each)."""

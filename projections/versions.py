@@ -23,7 +23,7 @@ from typing import Final
 
 from aiokafka import AIOKafkaConsumer
 
-from projections import agents, api_keys, conversations, people, registrations, status, tenants
+from projections import agents, conversations, identity, status, tenants
 from projections.batch import Projection
 from projections.checkpoints import partition_offsets
 from projections.database import Conn, connect
@@ -33,8 +33,7 @@ log = logging.getLogger("zapflow.projections")
 DDL_DIR: Final = Path(__file__).resolve().parent.parent / "schemas" / "projections"
 TABLES: Final[dict[str, tuple[str, ...]]] = {conversations.NAME: conversations.TABLES}
 UNVERSIONED: Final[tuple[Projection, ...]] = (
-    tenants.PROJECTION, agents.PROJECTION, people.PROJECTION, api_keys.PROJECTION,
-    registrations.PROJECTION,
+    tenants.PROJECTION, agents.PROJECTION, identity.PROJECTION
 )  # fmt: skip
 """The projections that have one version only, always live (in `public`)."""
 """The versioned projections and the tables each version has."""

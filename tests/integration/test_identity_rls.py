@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from projections import api_keys, people, registrations
+from projections import identity
 from projections.database import APP_ROLE, connect, with_user
 from projections.migrations import migrate
 from tests.integration.test_rls import AT, SET_TENANT, A, B, _visible
 
 pytestmark = pytest.mark.integration
 
-TABLES = (*people.TABLES, *api_keys.TABLES, *registrations.TABLES)
+TABLES = identity.TABLES
 SHA = "ab" * 32
 
 
