@@ -257,7 +257,7 @@ def _platform(env: dict[str, str], port: int, state_dir: Path) -> Iterator[Platf
             if profile_dir:
                 subprocess.run([sys.executable, "-m", "zapflow", "setup"], env=env, cwd=state_dir,
                                check=True, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-                for name in ("api", "decider", "agent", "sender", "projector"):
+                for name in ("api", "decider", "agent", "sender", "projector", "registrations"):
                     args = ["api"] if name == "api" else ["worker", name]
                     out_file = str(Path(profile_dir) / f"{name}.prof")
                     argv = [sys.executable, "-m", "cProfile", "-o", out_file, "-m", "zapflow",
@@ -323,6 +323,7 @@ _TICK: Final = os.sysconf("SC_CLK_TCK")
 _GROUPS: Final = (
     ("e2e_load", "load generator"), ("fake_llm", "fake LLM"), ("worker decider", "decider"),
     ("worker agent", "agent"), ("worker sender", "sender"), ("worker projector", "projector"),
+    ("worker registrations", "registrations"),
     ("zapflow api", "api"), ("zapflow up", "supervisor"), ("tansu", "broker"),
     ("postgres", "PostgreSQL"),
 )  # fmt: skip
@@ -379,7 +380,17 @@ def cpu_use(before: dict[str, float], after: dict[str, float], seconds: float) -
 
 
 PLATFORM: Final = frozenset(
-    {"api", "decider", "agent", "sender", "projector", "supervisor", "broker", "PostgreSQL"}
+    {
+        "api",
+        "decider",
+        "agent",
+        "sender",
+        "projector",
+        "registrations",
+        "supervisor",
+        "broker",
+        "PostgreSQL",
+    }
 )
 
 
