@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Response
 
 from api import audit, errors, health, metrics, operator, queries, registrations, webhooks
-from api.auth import ApiKeys
+from api.auth import Authenticator
 from api.broker import BrokerLink
 from api.container import ApiConfig, Clock, Container, utc_now
 from api.spool import CommandSpool
@@ -51,9 +51,15 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
             await spool.recover()
             tasks.append(_watched(spool.relay(), "spool relay"))
             tenants = TenantCache(pool, config.secret_key)
-            api_keys = ApiKeys(pool)
+            authenticator = Authenticator(
+                pool,
+                reader,
+                config.tokens,
+                config.platform_admin_token,
+                ttl_s=config.auth_cache_ttl_s,
+            )
             app.state.container = Container(
-                config, pool, broker, spool, tenants, reader, api_keys, clock
+                config, pool, broker, spool, tenants, reader, authenticator, clock
             )
             yield
         finally:

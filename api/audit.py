@@ -29,7 +29,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from api.auth import TenantDep
+from api.auth import AdminTenant
 from api.container import Container
 from api.errors import ApiError, ErrorBody
 from streams.audit_export import TRAILER_KEY, ExportLines, manifest
@@ -107,7 +107,7 @@ async def _open(
 )
 async def audit_events(
     request: Request,
-    tenant: TenantDep,
+    tenant: AdminTenant,
     conversation: Annotated[
         str | None, Query(max_length=200, description="A conversation id, or whatsapp:+E164.")
     ] = None,

@@ -13,10 +13,11 @@ from fastapi import Depends, Request
 from api.broker import BrokerLink
 from api.spool import CommandSpool
 from api.tenant_cache import TenantCache
+from api.tokens import TokenKeys, derived_admin_token
 from projections.database import APP_ROLE, with_user
 
 if TYPE_CHECKING:
-    from api.auth import ApiKeys
+    from api.auth import Authenticator
 
 type Clock = Callable[[], datetime]
 
@@ -41,6 +42,21 @@ class ApiConfig:
     """The query API's connection (role `zapflow_app`); by default DATABASE_URL's server and
     database as that role, without a password."""
 
+    token_keys: TokenKeys | None = field(default=None, kw_only=True, repr=False)
+    """How access tokens are signed; None: HS256 with a key derived from `secret_key`."""
+    admin_token: str | None = field(default=None, kw_only=True, repr=False)
+    """The platform admin's bearer token; None: derived from `secret_key`."""
+    auth_cache_ttl_s: float = 5.0
+    """How long a key's or a member's lookup is trusted (revocations apply within it)."""
+
+    @property
+    def tokens(self) -> TokenKeys:
+        return self.token_keys or TokenKeys.from_secret_key(self.secret_key)
+
+    @property
+    def platform_admin_token(self) -> str:
+        return self.admin_token or derived_admin_token(self.secret_key)
+
     @property
     def reader_url(self) -> str:
         return self.app_database_url or with_user(self.database_url, APP_ROLE)
@@ -55,7 +71,7 @@ class Container:
     tenants: TenantCache
     reader: asyncpg.Pool
     """Connected as `zapflow_app`: queries go through `projections.read.tenant_scope`."""
-    api_keys: ApiKeys
+    authenticator: Authenticator
     clock: Clock = utc_now
 
 

@@ -10,7 +10,6 @@ accepted, 409 with the business reason when rejected, 202 when still pending at 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
@@ -19,18 +18,17 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from api.auth import TenantDep
+from api import commanding
+from api.auth import OperateTenant
 from api.container import Container
 from api.errors import ApiError, ErrorBody
 from commands.operator import CloseConversation, HandOffToHuman, RequestOutboundMessage, ReturnToBot
-from events.envelope import CommandEnvelope
 from events.registry import Message
 from projections import read
 
 router = APIRouter(prefix="/v1/conversations/{conversation_id}", tags=["operator commands"])
 
-MAX_WAIT_S: Final = 30.0
-_POLL_S: Final = 0.1
+MAX_WAIT_S: Final = commanding.MAX_WAIT_S
 
 
 class Accepted(BaseModel):
@@ -83,7 +81,7 @@ WaitSeconds = Annotated[
 
 @router.post("/handoff", status_code=202, summary="Hand off to a human", responses=_RESPONSES)
 async def handoff(
-    request: Request, tenant: TenantDep, conversation_id: str, payload: HandoffBody,
+    request: Request, tenant: OperateTenant, conversation_id: str, payload: HandoffBody,
     idempotency_key: IdempotencyKey = None, wait: Wait = False, wait_s: WaitSeconds = 10.0,
 ) -> Any:  # fmt: skip
     return await _issue(
@@ -95,7 +93,7 @@ async def handoff(
 @router.post("/return-to-bot", status_code=202, summary="Give it back to the bot",
              responses=_RESPONSES)  # fmt: skip
 async def return_to_bot(
-    request: Request, tenant: TenantDep, conversation_id: str, payload: ReturnBody,
+    request: Request, tenant: OperateTenant, conversation_id: str, payload: ReturnBody,
     idempotency_key: IdempotencyKey = None, wait: Wait = False, wait_s: WaitSeconds = 10.0,
 ) -> Any:  # fmt: skip
     return await _issue(
@@ -106,7 +104,7 @@ async def return_to_bot(
 
 @router.post("/close", status_code=202, summary="Close the conversation", responses=_RESPONSES)
 async def close(
-    request: Request, tenant: TenantDep, conversation_id: str, payload: CloseBody,
+    request: Request, tenant: OperateTenant, conversation_id: str, payload: CloseBody,
     idempotency_key: IdempotencyKey = None, wait: Wait = False, wait_s: WaitSeconds = 10.0,
 ) -> Any:  # fmt: skip
     return await _issue(
@@ -118,7 +116,7 @@ async def close(
 @router.post("/messages", status_code=202, summary="Reply as a human operator",
              responses=_RESPONSES)  # fmt: skip
 async def reply(
-    request: Request, tenant: TenantDep, conversation_id: str, payload: ReplyBody,
+    request: Request, tenant: OperateTenant, conversation_id: str, payload: ReplyBody,
     idempotency_key: IdempotencyKey = None, wait: Wait = False, wait_s: WaitSeconds = 10.0,
 ) -> Any:  # fmt: skip
     return await _issue(
@@ -151,53 +149,24 @@ async def _issue(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ApiError(400, "invalid_request", f"{where}: {first['msg']}".strip(": ")) from None
-    payload = body.payload()
-    if _has_nul(payload):  # PostgreSQL cannot store it; refused before it is a command
-        raise ApiError(400, "invalid_request", "text may not contain NUL characters")
     if idempotency_key is None:
         command_id = uuid.uuid4()
     else:  # the same key on the same conversation and action is the same command
         command_id = uuid.uuid5(tenant, f"{body.type}:{conversation_id}:{idempotency_key}")
-    envelope = CommandEnvelope(
-        command_id=command_id,
-        tenant_id=tenant,
-        type=body.type,
-        schema_version=body.schema_version,
-        issued_at=container.clock(),
-        correlation_id=command_id,
-        idempotency_key=idempotency_key,
-        payload=payload,
+    await commanding.submit(
+        container, tenant, body, command_id=command_id, idempotency_key=idempotency_key
     )
-    await container.spool.submit(envelope)
     if not wait:
         return Accepted(command_id=command_id, status="pending")
     return await _outcome(container, tenant, command_id, wait_s)
 
 
-def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
-
-
 async def _outcome(
     container: Container, tenant: uuid.UUID, command_id: uuid.UUID, wait_s: float
 ) -> Any:
-    deadline = asyncio.get_running_loop().time() + wait_s
-    while True:
-        async with read.tenant_scope(container.reader, tenant) as conn:
-            result = await read.command_result(conn, tenant, command_id)
-        if result is not None:
-            if result["outcome"] == "rejected":
-                raise ApiError(409, result["reason_code"], result["reason"])
-            return JSONResponse(
-                Accepted(command_id=command_id, status="accepted").model_dump(mode="json"),
-                status_code=200,
-            )
-        if asyncio.get_running_loop().time() >= deadline:
-            return Accepted(command_id=command_id, status="pending")
-        await asyncio.sleep(_POLL_S)
+    if await commanding.outcome(container, tenant, command_id, wait_s) == "pending":
+        return Accepted(command_id=command_id, status="pending")
+    return JSONResponse(
+        Accepted(command_id=command_id, status="accepted").model_dump(mode="json"),
+        status_code=200,
+    )

@@ -17,7 +17,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from api.auth import TenantDep
+from api.auth import ReadTenant
 from api.container import Container
 from api.errors import ApiError, ErrorBody
 from projections import read
@@ -117,7 +117,7 @@ Limit = Annotated[int, Query(ge=1, le=read.MAX_LIMIT, description="Page size.")]
 )
 async def list_conversations(
     request: Request,
-    tenant: TenantDep,
+    tenant: ReadTenant,
     state: State | None = None,
     updated_since: Annotated[
         str | None,
@@ -150,7 +150,7 @@ async def list_conversations(
     responses={**_ERRORS, **_NOT_FOUND},
 )
 async def get_conversation(
-    request: Request, tenant: TenantDep, conversation_id: str
+    request: Request, tenant: ReadTenant, conversation_id: str
 ) -> Conversation:
     cid = _conversation_id(conversation_id)
     async with read.tenant_scope(_container(request).reader, tenant) as conn:
@@ -167,7 +167,7 @@ async def get_conversation(
 )
 async def list_messages(
     request: Request,
-    tenant: TenantDep,
+    tenant: ReadTenant,
     conversation_id: str,
     limit: Limit = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -218,7 +218,7 @@ class MetricsPage(BaseModel):
 )
 async def daily_metrics(
     request: Request,
-    tenant: TenantDep,
+    tenant: ReadTenant,
     first: Annotated[date, Query(alias="from", description="First UTC day (inclusive).")],
     last: Annotated[date, Query(alias="to", description="Last UTC day (inclusive).")],
 ) -> MetricsPage:

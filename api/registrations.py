@@ -13,7 +13,7 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from api.auth import TenantDep
+from api.auth import AdminTenant
 from api.container import Container
 from api.errors import ApiError, ErrorBody
 from projections import read
@@ -54,7 +54,7 @@ class RegistrationOut(BaseModel):
     responses=_RESPONSES,
 )
 async def get_registration(
-    request: Request, tenant: TenantDep, registration_id: str
+    request: Request, tenant: AdminTenant, registration_id: str
 ) -> RegistrationOut:
     try:
         rid = UUID(registration_id)

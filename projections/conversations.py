@@ -20,8 +20,11 @@ import orjson
 from events import conversation as ev
 from events.catalog import EVENT_REGISTRY
 from events.envelope import EventEnvelope, wire_bytes
+from events.identity import IDENTITY_EVENTS
 from events.platform import CommandRejected
+from events.registration import REGISTRATION_EVENTS
 from events.registry import Message
+from events.tenant import TENANT_LIFECYCLE_EVENTS, TenantRegistered
 from projections import agent_costs
 from projections.database import Conn
 
@@ -382,5 +385,15 @@ _RELEVANT: Final = frozenset(
         "CommandRejected",
         "AgentConfigured",  # its command's result only: `zapflow agents configure --wait`
         *(model.model_fields["type"].default for model in ev.CONVERSATION_EVENTS),
+        # Their commands' results only: the identity and admin API wait on them (ADR 0019).
+        *(
+            model.model_fields["type"].default
+            for model in (
+                *IDENTITY_EVENTS,
+                *REGISTRATION_EVENTS,
+                *TENANT_LIFECYCLE_EVENTS,
+                TenantRegistered,
+            )
+        ),
     }
 )

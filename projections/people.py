@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, cast
 from uuid import UUID
 
 import asyncpg
@@ -24,6 +24,7 @@ from events.identity import (
     MembershipRemoved,
     MembershipRoleChanged,
     PasswordChanged,
+    Role,
     UserCreated,
     UserDisabled,
     UserEnabled,
@@ -141,6 +142,16 @@ async def user(conn: Conn, tenant_id: UUID, user_id: UUID) -> User | None:
         "WHERE tenant_id = $1 AND user_id = $2", tenant_id, user_id,
     )  # fmt: skip
     return None if row is None else User(**dict(row))
+
+
+async def membership(conn: Conn, tenant_id: UUID, user_id: UUID) -> Role | None:
+    """The role of an active user who is a member now, else None (RLS: the tenant set)."""
+    role: str | None = await conn.fetchval(
+        "SELECT m.role FROM public.memberships m JOIN public.users u USING (tenant_id, user_id) "
+        "WHERE m.tenant_id = $1 AND m.user_id = $2 AND m.removed_at IS NULL AND u.active",
+        tenant_id, user_id,
+    )  # fmt: skip
+    return cast(Role | None, role)
 
 
 async def members(conn: Conn, tenant_id: UUID) -> list[Member]:

@@ -31,9 +31,11 @@ class BadCursor(ValueError):
 
 
 @asynccontextmanager
-async def tenant_scope(pool: asyncpg.Pool, tenant_id: UUID) -> AsyncIterator[Conn]:
-    """A connection in a read-only transaction that sees `tenant_id`'s rows only."""
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
+async def tenant_scope(
+    pool: asyncpg.Pool, tenant_id: UUID, *, readonly: bool = True
+) -> AsyncIterator[Conn]:
+    """A connection in a (by default read-only) transaction that sees `tenant_id`'s rows only."""
+    async with pool.acquire() as conn, conn.transaction(readonly=readonly):
         # UTC too: day boundaries (`::date`) must not depend on the server's or role's TimeZone.
         # The search path is the active version's schema (`projections.versions`), read in the
         # same statement: the whole transaction reads one version, even across a swap.

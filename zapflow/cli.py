@@ -145,18 +145,22 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import create_app
     from api.container import ApiConfig
     from zapflow.runtime import resolve
-    from zapflow.secret_key import resolve_secret_key
+    from zapflow.secret_key import resolve_admin_token, resolve_secret_key, resolve_token_keys
 
     endpoints = resolve(settings)
+    secret_key = resolve_secret_key(settings)
     config = ApiConfig(
         database_url=endpoints.database_url,
         bootstrap_servers=endpoints.bootstrap_servers,
         public_url=settings.effective_public_url,
         trust_proxy=settings.trust_proxy,
-        secret_key=resolve_secret_key(settings),
+        secret_key=secret_key,
         max_body_bytes=settings.webhook_max_body_bytes,
         produce_timeout_s=settings.produce_timeout_s,
         app_database_url=settings.app_database_url,
+        token_keys=resolve_token_keys(settings, secret_key),
+        admin_token=resolve_admin_token(settings, secret_key),
+        auth_cache_ttl_s=settings.auth_cache_ttl_s,
     )
     server = uvicorn.Server(
         uvicorn.Config(

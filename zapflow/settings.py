@@ -86,6 +86,30 @@ class Settings(BaseSettings):
         description="Key for tenant secrets at rest (urlsafe base64 of 32 bytes). Unset: "
         "`zapflow up` creates <state_dir>/secret.key once and every command there uses it.",
     )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the platform-admin API (/v1/admin/...). Unset: derived "
+        "from the secret key; `zapflow admin token` prints it.",
+    )
+    jwt_algorithm: Literal["HS256", "EdDSA"] = Field(
+        "HS256", description="How users' access tokens are signed."
+    )
+    jwt_key: SecretStr | None = Field(
+        default=None,
+        description="HS256: a secret of at least 32 bytes; EdDSA: an Ed25519 private key (PEM). "
+        "Unset: an HS256 secret derived from the secret key.",
+    )
+    jwt_audience: str = Field("zapflow-api", min_length=1, description="Tokens' `aud` claim.")
+    jwt_issuer: str = Field("zapflow", min_length=1, description="Tokens' `iss` claim.")
+    access_token_ttl_s: int = Field(900, ge=30, le=86_400, description="Access token lifetime.")
+    refresh_token_ttl_s: int = Field(
+        14 * 86_400, ge=60, le=90 * 86_400, description="Refresh token lifetime."
+    )
+    auth_cache_ttl_s: float = Field(
+        5.0, ge=0, le=300,
+        description="How long the API trusts a key or membership lookup; revoking a key, "
+        "disabling a user or changing a role applies within it.",
+    )  # fmt: skip
     webhook_max_body_bytes: int = Field(65536, ge=1024, description="Larger webhooks get 413.")
     produce_timeout_s: float = Field(
         2.0, gt=0, description="Webhook produce wait before the command is spooled instead."
@@ -113,7 +137,7 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
-    @field_validator("openai_api_key", "secret_key", mode="before")
+    @field_validator("openai_api_key", "secret_key", "admin_token", "jwt_key", mode="before")
     @classmethod
     def _blank_key_is_unset(cls, value: object) -> object:
         return value or None
