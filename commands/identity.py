@@ -73,6 +73,7 @@ class Invitation:
     user_id: UUID
     token_sha256: str
     revoked: bool = False
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +180,7 @@ def evolve(current: Identity, event: IdentityEvent | RegistrationEvent) -> Ident
             left = {k: v for k, v in current.memberships.items() if k != event.user_id}
             return replace(current, memberships=left)
         case InvitationIssued():
-            invitation = Invitation(event.user_id, event.token_sha256)
+            invitation = Invitation(event.user_id, event.token_sha256, expires_at=event.expires_at)
             invitations = {**current.invitations, event.invitation_id: invitation}
             return replace(current, invitations=invitations)
         case InvitationRevoked():

@@ -97,13 +97,16 @@ class RequestPasswordReset(Message):
 
 
 class ChangePassword(Message):
-    """Set a new password: the API checked the old one, or `reset_token_sha256` authorises it."""
+    """Set a new password: the API checked the old one, or `reset_token_sha256` (a password
+    reset) or `invitation_token_sha256` (accepting an invitation: once, before any password)
+    authorises it."""
 
     type: Literal["ChangePassword"] = "ChangePassword"
     schema_version: Literal[1] = 1
     user_id: UUID
     password_hash: PasswordHash
     reset_token_sha256: TokenSha256 | None = None
+    invitation_token_sha256: TokenSha256 | None = None
 
 
 type UserCommand = (
@@ -170,6 +173,10 @@ def decide(
             user = _active(identity, command.user_id)
             if user.password_hash == command.password_hash:
                 return []
+            if command.invitation_token_sha256 is not None:
+                _accept(identity, user, command.user_id, command.invitation_token_sha256, now)
+                if command.reset_token_sha256 is not None:
+                    raise Rejected("invalid_request", "an invitation or a reset, not both")
             if command.reset_token_sha256 is not None:
                 if user.reset is None or user.reset[0] != command.reset_token_sha256:
                     raise Rejected("invalid_reset_token", "no such password reset")
@@ -201,6 +208,24 @@ def _invite(
         require_rank(identity, command.by, _role(identity, command.user_id))
     require_active_tenant(tenant)
     return [InvitationIssued(**command.model_dump(exclude={"type", "schema_version", "by"}))]
+
+
+def _accept(identity: Identity, user: User, user_id: UUID, token: str, now: datetime) -> None:
+    """An invitation sets the first password only, with its token, before it expires."""
+    found = next(
+        (
+            i
+            for i in identity.invitations.values()
+            if (i.user_id, i.token_sha256) == (user_id, token)
+        ),
+        None,
+    )
+    if found is None or found.revoked:
+        raise Rejected("invalid_invitation", "no such invitation")
+    if found.expires_at is not None and now >= found.expires_at:
+        raise Rejected("invitation_expired", "the invitation has expired")
+    if user.password_hash is not None:
+        raise Rejected("invitation_used", "the invitation was accepted already")
 
 
 def _active(identity: Identity, user_id: UUID) -> User:

@@ -191,6 +191,44 @@ def test_a_password_changes_through_a_live_reset_token_only(w: World, owner: UUI
     assert w.outcome(T, late) == ["rejected:reset_token_expired"]
 
 
+def test_an_invitation_sets_the_first_password_once_and_only_with_its_token(w: World) -> None:
+    rid = registration_id(7)
+    invited = start_registration(rid, "new@example.com", "operator").model_copy(
+        update={"password_hash": None}
+    )
+    w.begin(T, invited)
+    w.run(rid)
+    user = user_id_of(rid)
+    accept = ChangePassword(user_id=user, password_hash=OTHER_HASH,
+                            invitation_token_sha256=sha("wrong"))  # fmt: skip
+    assert w.outcome(T, accept) == ["rejected:invalid_invitation"]
+    right = accept.model_copy(update={"invitation_token_sha256": sha(f"invite-{rid}")})
+    assert w.outcome(T, right) == ["PasswordChanged"]
+    again = right.model_copy(update={"password_hash": ARGON})
+    assert w.outcome(T, again) == ["rejected:invitation_used"]
+    both = again.model_copy(update={"reset_token_sha256": sha("r")})
+    assert w.outcome(T, both) == ["rejected:invitation_used"]
+
+
+def test_an_expired_or_revoked_invitation_sets_no_password(w: World, owner: UUID) -> None:
+    rid = registration_id(8)
+    invited = start_registration(rid, "late@example.com", "viewer").model_copy(
+        update={"password_hash": None, "invitation_expires_at": w.now + timedelta(seconds=200)}
+    )
+    w.begin(T, invited)
+    w.run(rid)
+    user = user_id_of(rid)
+    accept = ChangePassword(user_id=user, password_hash=OTHER_HASH,
+                            invitation_token_sha256=sha(f"invite-{rid}"))  # fmt: skip
+    for _ in range(200):  # each command advances the world's clock by a second
+        w.submit(T, SuspendTenant(reason="tick"))
+    assert w.outcome(T, accept) == ["rejected:invitation_expired"]
+    invitation = next(iter(i for i, v in w.book(T).identity.invitations.items()
+                           if v.user_id == user))  # fmt: skip
+    w.submit(T, RevokeInvitation(invitation_id=invitation, user_id=user, by=owner))
+    assert w.outcome(T, accept) == ["rejected:invalid_invitation"]
+
+
 def test_a_disabled_user_gets_no_credentials(w: World, owner: UUID) -> None:
     viewer = member(w, 1, "viewer", by=owner)
     w.submit(T, DisableUser(user_id=viewer, by=owner))
