@@ -11,7 +11,17 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 
-from api import audit, errors, health, metrics, operator, queries, registrations, webhooks
+from api import (
+    audit,
+    errors,
+    health,
+    metrics,
+    operator,
+    queries,
+    registrations,
+    sessions,
+    webhooks,
+)
 from api.auth import Authenticator
 from api.broker import BrokerLink
 from api.container import ApiConfig, Clock, Container, utc_now
@@ -97,6 +107,7 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
     app.include_router(operator.router)
     app.include_router(audit.router)
     app.include_router(registrations.router)
+    app.include_router(sessions.router)
     # First: the hottest path should not be matched against every other route before it.
     app.router.routes[:0] = webhooks.routes
     _document_webhooks(app)

@@ -127,10 +127,11 @@ class Authenticator:
             await self._touch(found, now, clock)
         return found
 
-    async def role(self, tenant_id: UUID, user_id: UUID) -> Role | None:
-        """The user's role in the tenant if they are an active member (cached briefly)."""
+    async def role(self, tenant_id: UUID, user_id: UUID, *, fresh: bool = False) -> Role | None:
+        """The user's role in the tenant if they are an active member (cached briefly unless
+        `fresh`: a new session is never granted from the cache)."""
         clock = self._monotonic()
-        hit = self._members.fresh((tenant_id, user_id), clock)
+        hit = None if fresh else self._members.fresh((tenant_id, user_id), clock)
         if hit is not None:
             return hit[1]
         async with read.tenant_scope(self._reader, tenant_id) as conn:

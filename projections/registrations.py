@@ -30,6 +30,7 @@ from events.identity import (
     UserEnabled,
 )
 from events.registration import (
+    PLATFORM_TENANT_ID,
     EmailReservationReleased,
     EmailReserved,
     UserRegistrationCompensating,
@@ -182,3 +183,14 @@ def step(row: asyncpg.Record | dict[str, object]) -> str | None:
                ("membership", False, "add_membership"), ("invitation", "none",
                "issue_invitation")]  # fmt: skip
     return next((name for column, value, name in forward if row[column] == value), "complete")
+
+
+async def holder(conn: Conn, email: str) -> tuple[UUID, UUID] | None:
+    """(tenant, user) holding `email` now, read from the platform's directory: call it inside
+    `tenant_scope(pool, PLATFORM_TENANT_ID)`, the only tenant whose rows these are (RLS)."""
+    row = await conn.fetchrow(
+        "SELECT claimant_tenant_id, user_id FROM public.email_directory "
+        "WHERE tenant_id = $1 AND email = lower(trim($2)) AND held",
+        PLATFORM_TENANT_ID, email,
+    )  # fmt: skip
+    return None if row is None else (row["claimant_tenant_id"], row["user_id"])

@@ -80,8 +80,9 @@ async def add_tenant(db: asyncpg.Connection) -> Tenant:
 
 def app_client(brokers: str, database_url: str) -> TestClient:
     config = ApiConfig(
-        database_url, brokers, PUBLIC, secret_key=KEY, max_body_bytes=LIMIT, produce_timeout_s=1.0
-    )
+        database_url, brokers, PUBLIC, secret_key=KEY, max_body_bytes=LIMIT, produce_timeout_s=1.0,
+        auth_cache_ttl_s=0.0,  # a revoked key or a disabled user is refused at once
+    )  # fmt: skip
     return TestClient(create_app(config))
 
 
