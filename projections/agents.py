@@ -107,4 +107,4 @@ async def search_faq(conn: Conn, tenant_id: UUID, query: str, limit: int = 3) ->
     return [FaqMatch(r["position"], r["question"], r["answer"], r["rank"]) for r in rows]
 
 
-PROJECTION: Final = ModuleProjection(NAME, apply)
+PROJECTION: Final = ModuleProjection(NAME, apply, types=frozenset({"AgentConfigured"}))

@@ -33,4 +33,4 @@ async def apply_batch(conn: Conn, envelopes: Sequence[EventEnvelope]) -> None:
         await apply(conn, envelope)
 
 
-PROJECTION: Final = ModuleProjection(NAME, apply, apply_batch)
+PROJECTION: Final = ModuleProjection(NAME, apply, apply_batch, types=TYPES)
