@@ -15,8 +15,11 @@ from api import (
     audit,
     errors,
     health,
+    keys,
+    me,
     metrics,
     operator,
+    people,
     queries,
     registrations,
     sessions,
@@ -108,6 +111,9 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(registrations.router)
     app.include_router(sessions.router)
+    app.include_router(people.router)
+    app.include_router(keys.router)
+    app.include_router(me.router)
     # First: the hottest path should not be matched against every other route before it.
     app.router.routes[:0] = webhooks.routes
     _document_webhooks(app)

@@ -56,7 +56,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, invitation_id) DO NO
 _MEMBERS: Final = """
 SELECT u.user_id, u.email, m.role, u.active, m.added_at
 FROM public.memberships m JOIN public.users u USING (tenant_id, user_id)
-WHERE m.tenant_id = $1 AND m.removed_at IS NULL ORDER BY u.email
+WHERE m.tenant_id = $1 AND m.removed_at IS NULL
 """
 
 
@@ -156,7 +156,15 @@ async def membership(conn: Conn, tenant_id: UUID, user_id: UUID) -> Role | None:
 
 async def members(conn: Conn, tenant_id: UUID) -> list[Member]:
     """The tenant's members now, by e-mail, inside a transaction with the tenant set (RLS)."""
-    return [Member(**dict(row)) for row in await conn.fetch(_MEMBERS, tenant_id)]
+    return [
+        Member(**dict(row)) for row in await conn.fetch(_MEMBERS + "ORDER BY u.email", tenant_id)
+    ]
+
+
+async def member(conn: Conn, tenant_id: UUID, user_id: UUID) -> Member | None:
+    """One member of the tenant now, active or not, else None (RLS: the tenant set)."""
+    row = await conn.fetchrow(_MEMBERS + "AND m.user_id = $2", tenant_id, user_id)
+    return None if row is None else Member(**dict(row))
 
 
 async def invitation_issued(conn: Conn, tenant_id: UUID, invitation_id: UUID) -> bool | None:
