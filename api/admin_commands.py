@@ -48,15 +48,15 @@ class Decision(BaseModel):
 
 
 def responses(*codes: int, ok: type[BaseModel] | None = None) -> dict[int | str, dict[str, Any]]:
-    """The documented answers: always 400, 401 and 403, plus `codes`."""
+    """The documented answers: always 401 and 403, plus `codes`."""
     text = {
+        400: "Malformed body or parameter; nothing issued.",
         200: "Decided and accepted.",
         202: "Durable, not decided within the timeout: `status` is `pending`.",
         404: "No such id in this tenant (another tenant's ids are unknown here).",
         409: "Refused by a business rule: `error` is the reason code (e.g. `role_not_allowed`).",
     }
     documented: dict[int | str, dict[str, Any]] = {
-        400: {"model": ErrorBody, "description": "Malformed body or parameter; nothing issued."},
         401: {"model": ErrorBody, "description": "Missing, malformed or unknown credentials."},
         403: {"model": ErrorBody, "description": "Valid credentials without the permission."},
     }

@@ -81,7 +81,7 @@ async def list_keys(request: Request, principal: Administrator) -> ApiKeys:
     "",
     status_code=201,
     summary="Create a scoped API key; the answer shows it once",
-    responses=admin.responses(202, 409, ok=CreatedApiKey),
+    responses=admin.responses(400, 202, 409, ok=CreatedApiKey),
 )
 async def create_key(
     request: Request,
@@ -114,7 +114,7 @@ async def create_key(
 @router.delete(
     "/{key_id}",
     summary="Revoke an API key for good",
-    responses=admin.responses(200, 202, 404, 409),
+    responses=admin.responses(400, 200, 202, 404, 409),
 )
 async def revoke_key(
     request: Request,

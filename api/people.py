@@ -105,7 +105,7 @@ async def list_members(request: Request, principal: Administrator) -> Members:
     "",
     status_code=202,
     summary="Invite someone: a registration without a password; the invitation token once",
-    responses=admin.responses(409, ok=Invited),
+    responses=admin.responses(400, 409),
 )
 async def invite(
     request: Request,
@@ -114,9 +114,9 @@ async def invite(
     response: Response,
     wait_s: admin.Timeout = 10.0,
 ) -> Invited:
-    """The registration then runs by itself (e-mail claim, user, membership, invitation); a
-    second registration of an address already taken fails with `email_taken`, so a retried
-    request does not make a second user."""
+    """The registration then runs by itself (e-mail claim, user, membership, invitation): follow
+    `Location`. An address already taken fails it with `email_taken`, so a retried request makes
+    no second user. The invitation token is not e-mailed (not built yet): hand it on."""
     container: Container = request.app.state.container
     tenant, rid = principal.tenant_id, uuid.uuid4()
     token, digest = _token()
@@ -136,7 +136,7 @@ async def invite(
     )  # fmt: skip
 
 
-_CHANGE: Final = admin.responses(200, 202, 404, 409)
+_CHANGE: Final = admin.responses(400, 200, 202, 404, 409)
 
 
 @router.post("/{user_id}/disable", summary="Disable a user (no more logins)", responses=_CHANGE)
@@ -207,7 +207,7 @@ async def remove(
 @router.post(
     "/{user_id}/password-reset",
     summary="Start a password reset; the reset token once",
-    responses=admin.responses(200, 202, 404, 409, ok=Reset),
+    responses=admin.responses(400, 200, 202, 404, 409, ok=Reset),
 )
 async def password_reset(
     request: Request, principal: Administrator, user_id: str, response: Response,
