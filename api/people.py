@@ -145,14 +145,9 @@ async def disable(
     idempotency_key: admin.IdempotencyKey = None, wait_s: admin.Timeout = 10.0,
 ) -> admin.Decision:  # fmt: skip
     uid = await _known(request, principal, user_id)
-
-    async def disabled(conn: Conn) -> bool:
-        found = await user(conn, principal.tenant_id, uid)
-        return found is not None and not found.active
-
     command = DisableUser(user_id=uid, by=principal.acting_user)
     return await _change(request, principal, command, uid, response, idempotency_key, wait_s,
-                         disabled)  # fmt: skip
+                         _active_is(principal.tenant_id, uid, False))  # fmt: skip
 
 
 @router.post("/{user_id}/enable", summary="Enable a disabled user", responses=_CHANGE)
@@ -161,14 +156,17 @@ async def enable(
     idempotency_key: admin.IdempotencyKey = None, wait_s: admin.Timeout = 10.0,
 ) -> admin.Decision:  # fmt: skip
     uid = await _known(request, principal, user_id)
-
-    async def enabled(conn: Conn) -> bool:
-        found = await user(conn, principal.tenant_id, uid)
-        return found is not None and found.active
-
     command = EnableUser(user_id=uid, by=principal.acting_user)
     return await _change(request, principal, command, uid, response, idempotency_key, wait_s,
-                         enabled)  # fmt: skip
+                         _active_is(principal.tenant_id, uid, True))  # fmt: skip
+
+
+def _active_is(tenant: uuid.UUID, uid: uuid.UUID, active: bool) -> admin.Shows:
+    async def shows(conn: Conn) -> bool:
+        found = await user(conn, tenant, uid)
+        return found is not None and found.active == active
+
+    return shows
 
 
 @router.put("/{user_id}/role", summary="Change a member's role", responses=_CHANGE)

@@ -28,7 +28,6 @@ from api.auth import SCOPED_KEY
 from api.container import ApiConfig
 from api.tokens import TokenKeys, issue
 from commands.tenant_lifecycle import SuspendTenant
-from events.envelope import encode_command
 from projections.migrations import migrate
 from projections.runner import run_projector
 from streams import kafka
@@ -37,6 +36,7 @@ from streams.registrations import RegistrationOptions, run_registrations
 from streams.topics import COMMANDS, EVENTS
 from tests.integration.sender_rig import command_envelope
 from tests.integration.test_query_api import TIMEOUT_S, Keyed, _keyed, _registration
+from tests.integration.test_registration_saga import produce
 from tests.integration.twilio_driver import KEY, PUBLIC
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ async def people(
     running; the API trusts no cached credential (`auth_cache_ttl_s=0`)."""
     await migrate(db)
     a, b = _keyed(), _keyed()
-    await _produce(fresh_broker, *(_registration(k) for k in (a, b)))
+    await produce(fresh_broker, *(_registration(k) for k in (a, b)))
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(run_decider(fresh_broker, stop, session_timeout_ms=6000)),
@@ -73,17 +73,6 @@ async def people(
 async def _tenant_known(db: asyncpg.Connection, keyed: Keyed) -> bool:
     found = await db.fetchval("SELECT 1 FROM tenants WHERE tenant_id = $1", keyed.tenant.tenant_id)
     return bool(found)
-
-
-async def _produce(brokers: str, *envelopes: Any) -> None:
-    producer = kafka.producer(brokers)
-    await producer.start()
-    try:
-        for envelope in envelopes:
-            key, value, headers = encode_command(envelope)
-            await producer.send_and_wait(COMMANDS, value, key=key, headers=headers)
-    finally:
-        await producer.stop()
 
 
 async def _until(check: Any) -> Any:
@@ -230,7 +219,7 @@ async def test_another_tenants_key_is_unknown_here_and_never_acts_for_this_tenan
     assert (await listed_keys(client, b))[b_key_id]["revoked_at"] is None
 
     # A suspended tenant grants nothing: the decider refuses the key, which never works.
-    await _produce(fresh_broker, command_envelope(b.tenant.tenant_id, SuspendTenant(reason="x")))
+    await produce(fresh_broker, command_envelope(b.tenant.tenant_id, SuspendTenant(reason="x")))
 
     async def suspended() -> bool:
         sql = "SELECT suspended FROM tenants WHERE tenant_id = $1"
