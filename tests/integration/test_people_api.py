@@ -90,9 +90,12 @@ def bearer(credential: str | Keyed) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
-async def call(client: TestClient, method: str, path: str, who: str | Keyed, **kw: Any) -> Any:
+async def call(
+    client: TestClient, method: str, path: str, who: str | Keyed, headers: Any = None, **kw: Any
+) -> Any:
     """A request off the event loop: the decider and projector run on it while the API waits."""
-    return await asyncio.to_thread(client.request, method, path, headers=bearer(who), **kw)
+    headers = bearer(who) | (headers or {})
+    return await asyncio.to_thread(client.request, method, path, headers=headers, **kw)
 
 
 async def log_bytes(brokers: str) -> bytes:
@@ -274,8 +277,11 @@ async def test_an_invited_user_becomes_a_member_whom_admins_manage(
     for other in (f"/v1/users/{uid}/disable", f"/v1/users/{uuid.uuid4()}/disable"):
         reply = await call(client, "POST", other, b)  # B's key on A's user: unknown
         assert (reply.status_code, reply.json()["error"]) == (404, "not_found")
-    assert (await change("POST", "/disable")).status_code == 200
+    first = await change("POST", "/disable", headers={"Idempotency-Key": "off-1"})
+    assert first.status_code == 200, first.text
     assert (await members(client, a))["ana@example.com"]["active"] is False
+    retried = await change("POST", "/disable", headers={"Idempotency-Key": "off-1"})
+    assert (retried.status_code, retried.json()) == (200, first.json())  # one command
     assert (await change("POST", "/disable")).json()["status"] == "accepted"  # already so
     assert (await change("POST", "/enable")).status_code == 200
     assert (await members(client, a))["ana@example.com"]["active"] is True
