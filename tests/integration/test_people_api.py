@@ -303,6 +303,8 @@ async def test_an_invited_user_becomes_a_member_whom_admins_manage(
                        json={"email": "otto@example.com", "role": "owner"})  # fmt: skip
     assert (owner.status_code, owner.json()["error"]) == (409, "role_not_allowed"), owner.text
     assert (await members(client, token))["olga@example.com"]["active"] is True
+    demote = await call(client, "PUT", f"/v1/users/{olga_id}/role", a, json={"role": "admin"})
+    assert (demote.status_code, demote.json()["error"]) == (409, "last_owner"), demote.text
 
     reset = await change("POST", "/password-reset")
     assert reset.status_code == 200, reset.text
