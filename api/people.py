@@ -14,7 +14,7 @@ import hashlib
 import secrets
 import uuid
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
@@ -33,7 +33,7 @@ from events.identity import Email, Role
 from events.registry import Message
 from projections import read
 from projections.database import Conn
-from projections.people import member, members, membership, user
+from projections.people import member, members, user
 
 router = APIRouter(prefix="/v1/users", tags=["people and keys"])
 
@@ -63,7 +63,7 @@ class Invited(BaseModel):
     user_id: uuid.UUID
     invitation_token: str = Field(
         description="Shown in this answer only. Not e-mailed yet: hand it to the invitee, who "
-        "accepts it with a password (`POST /v1/auth/accept-invitation`)."
+        "accepts it with a password (`POST /v1/auth/invitations/accept`)."
     )
     invitation_expires_at: datetime
     command_id: uuid.UUID
@@ -81,7 +81,7 @@ class Reset(BaseModel):
     user_id: uuid.UUID
     reset_token: str = Field(
         description="Shown in this answer only. Not e-mailed yet: hand it to the user "
-        "(`POST /v1/auth/confirm-reset`)."
+        "(`POST /v1/auth/password-reset/confirm`)."
     )
     expires_at: datetime
     command_id: uuid.UUID
@@ -118,6 +118,7 @@ async def invite(
     `Location`. An address already taken fails it with `email_taken`, so a retried request makes
     no second user. The invitation token is not e-mailed (not built yet): hand it on."""
     container: Container = request.app.state.container
+    _reach(principal, payload.role)
     tenant, rid = principal.tenant_id, uuid.uuid4()
     token, digest = _token()
     expires = container.clock() + INVITATION_TTL
@@ -175,6 +176,7 @@ async def change_role(
     response: Response, idempotency_key: admin.IdempotencyKey = None,
     wait_s: admin.Timeout = 10.0,
 ) -> admin.Decision:  # fmt: skip
+    _reach(principal, payload.role)
     uid = await _known(request, principal, user_id)
 
     async def changed(conn: Conn) -> bool:
@@ -214,11 +216,7 @@ async def password_reset(
     """An admin may reset only a user whose role is not above their own (`role_not_allowed`):
     whoever holds the token can set the password."""
     container: Container = request.app.state.container
-    uid = await _known(request, principal, user_id)
-    async with read.tenant_scope(container.reader, principal.tenant_id) as conn:
-        target = await membership(conn, principal.tenant_id, uid) or "viewer"
-    if principal.role is not None and RANK[principal.role] < RANK[target]:
-        raise ApiError(409, "role_not_allowed", "nobody resets the password of a higher role")
+    uid = await _known(request, principal, user_id)  # a higher role: `role_not_allowed`
     token, digest = _token()
     expires = container.clock() + RESET_TTL
     command = RequestPasswordReset(user_id=uid, token_sha256=digest, expires_at=expires)
@@ -228,8 +226,18 @@ async def password_reset(
                  command_id=decision.command_id, status=decision.status)  # fmt: skip
 
 
+def _reach(principal: Principal, role: Role) -> None:
+    """Nobody grants or touches a role above their own. The decider holds users to it (their
+    `by`); a key acts with `by` none, as the platform would, so the API holds it here: a scoped
+    key reaches as far as an admin, the tenant's registration key as far as an owner."""
+    rank: Role = principal.role or ("owner" if principal.kind == "tenant_key" else "admin")
+    if RANK[rank] < RANK[role]:
+        raise ApiError(409, "role_not_allowed", f"a {rank} cannot grant or touch an {role}")
+
+
 async def _known(request: Request, principal: Principal, raw_id: str) -> uuid.UUID:
-    """The user id if it names a user of the caller's tenant, else the same 404 for all."""
+    """The user id if it names a user of the caller's tenant (else the same 404 for all) whose
+    role is within the caller's reach (else 409 `role_not_allowed`)."""
     container: Container = request.app.state.container
     try:
         uid = uuid.UUID(raw_id)
@@ -238,6 +246,9 @@ async def _known(request: Request, principal: Principal, raw_id: str) -> uuid.UU
     async with read.tenant_scope(container.reader, principal.tenant_id) as conn:
         if await user(conn, principal.tenant_id, uid) is None:
             raise ApiError(404, "not_found", "no such user")
+        target = await member(conn, principal.tenant_id, uid)
+    if target is not None:
+        _reach(principal, cast(Role, target.role))
     return uid
 
 

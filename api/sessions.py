@@ -46,7 +46,8 @@ WAIT_S: Final = 10.0
 _REFUSED: Final = "the e-mail, password or token is not valid"
 
 type EmailText = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    str,
+    StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s\x00]+@[^@\s\x00]+$"),
 ]
 type Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 

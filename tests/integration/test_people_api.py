@@ -353,3 +353,36 @@ async def test_bad_input_is_400_and_issues_nothing(people: People, db: asyncpg.C
     assert (await log_bytes(fresh_broker)).count(b'"command_id"') == before
     assert await db.fetchval("SELECT count(*) FROM command_spool") == 0
     assert await listed_keys(client, a) == {}
+
+
+async def test_a_scoped_admin_key_reaches_no_further_than_an_admin(people: People) -> None:
+    """A key acts with `by` none (as the platform would) in the decider, so the API holds it to
+    an admin's reach: no owner granted, no owner touched."""
+    client, a, _ = people
+    made = await call(client, "POST", "/v1/api-keys", a,
+                      json={"name": "crm", "scopes": ["read", "operate", "admin"]})  # fmt: skip
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    owner = await call(client, "POST", "/v1/users", a,
+                       json={"email": "boss@example.com", "role": "owner"})  # fmt: skip
+    assert owner.status_code == 202, owner.text
+    assert (await registration_of(client, a, owner.headers["location"]))["status"] == "completed"
+    boss = owner.json()["user_id"]
+    for method, path, body in (
+        ("POST", "/v1/users", {"email": "boss2@example.com", "role": "owner"}),
+        ("POST", f"/v1/users/{boss}/disable", None),
+        ("POST", f"/v1/users/{boss}/password-reset", None),
+        ("PUT", f"/v1/users/{boss}/role", {"role": "viewer"}),
+        ("DELETE", f"/v1/users/{boss}", None),
+    ):
+        reply = await call(client, method, path, key, json=body)
+        assert (reply.status_code, reply.json()["error"]) == (409, "role_not_allowed"), path
+    invited = await call(client, "POST", "/v1/users", key,
+                         json={"email": "clerk@example.com", "role": "operator"})  # fmt: skip
+    assert invited.status_code == 202, invited.text
+    clerk = invited.json()["user_id"]
+    assert (await registration_of(client, a, invited.headers["location"]))["status"] == "completed"
+    promoted = await call(client, "PUT", f"/v1/users/{clerk}/role", key, json={"role": "owner"})
+    assert (promoted.status_code, promoted.json()["error"]) == (409, "role_not_allowed")
+    boss_now = (await members(client, a))["boss@example.com"]
+    assert (boss_now["role"], boss_now["active"]) == ("owner", True)
