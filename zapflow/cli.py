@@ -471,10 +471,10 @@ def _agents(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _chat(args: argparse.Namespace, settings: Settings) -> int:
+    from commands.tenant import SENDER
     from zapflow.chat import ChatTarget, chat
     from zapflow.runtime import read_live, resolve
     from zapflow.secret_key import resolve_secret_key
-    from zapflow.tenants import SENDER
 
     if not SENDER.match(args.contact):
         raise ConfigurationError("--from", args.contact, "must be whatsapp:+E164")

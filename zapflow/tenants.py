@@ -7,10 +7,9 @@ the API key is generated here and shown once, only its SHA-256 travels.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Final
 from uuid import UUID, uuid4, uuid5
@@ -18,7 +17,7 @@ from uuid import UUID, uuid4, uuid5
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from commands.tenant import RegisterTenant
+from commands.tenant import InvalidTenantInput, NewTenant, RegisterTenant, new_tenant
 from events.envelope import CommandEnvelope, encode_command
 from projections.credentials import encrypt_secret, new_api_key
 from projections.database import connect, redact
@@ -28,46 +27,36 @@ from streams.topics import COMMANDS
 from zapflow.errors import ConfigurationError
 from zapflow.runtime import Endpoints
 
-ACCOUNT_SID: Final = re.compile(r"^AC[0-9a-fA-F]{32}$")
-SENDER: Final = re.compile(r"^(whatsapp:)?\+[1-9][0-9]{6,14}$")
 WAIT_S: Final = 30.0
+OPTIONS: Final = {
+    "name": "--name",
+    "twilio_account_sid": "--twilio-account-sid",
+    "twilio_auth_token": "--twilio-auth-token",
+    "senders": "--sender",
+    "sender": "--sender",
+    "reason": "--reason",
+}
 
 
 class TenantNotProjected(Exception):
     """The command was delivered but the tenant did not reach the directory in time."""
 
 
-@dataclass(frozen=True, slots=True)
-class NewTenant:
-    """What the operator asked for, validated."""
-
-    name: str
-    account_sid: str
-    auth_token: str = field(repr=False)
-    senders: tuple[str, ...]
+@contextmanager
+def as_options() -> Iterator[None]:
+    """Input errors as the CLI reports them: the option, its value (never a token), why."""
+    try:
+        yield
+    except InvalidTenantInput as exc:
+        raise ConfigurationError(
+            OPTIONS.get(exc.field, exc.field), exc.shown, exc.problem
+        ) from None
 
 
 def validated(name: str, account_sid: str, auth_token: str, senders: Sequence[str]) -> NewTenant:
     """The request, or a `ConfigurationError` naming the first bad option (never the token)."""
-    name = name.strip()
-    if not 1 <= len(name) <= 200:
-        raise ConfigurationError("--name", repr(name), "must be 1 to 200 characters")
-    if not ACCOUNT_SID.match(account_sid):
-        raise ConfigurationError(
-            "--twilio-account-sid", account_sid, "must be AC followed by 32 hexadecimal digits"
-        )
-    if not auth_token or auth_token != auth_token.strip():
-        raise ConfigurationError(
-            "--twilio-auth-token", "***", "must be non-empty, without surrounding whitespace"
-        )
-    if not senders:
-        raise ConfigurationError("--sender", "(none)", "give at least one sender")
-    for sender in senders:
-        if not SENDER.match(sender):
-            raise ConfigurationError(
-                "--sender", sender, "must be E.164 (+14155238886) or whatsapp:+14155238886"
-            )
-    return NewTenant(name, account_sid, auth_token, tuple(dict.fromkeys(senders)))
+    with as_options():
+        return new_tenant(name, account_sid, auth_token, senders)
 
 
 def register_command(

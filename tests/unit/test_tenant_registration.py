@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pytest
 
 from commands.catalog import COMMAND_REGISTRY
-from commands.tenant import RegisterTenant
+from commands.tenant import NewTenant, RegisterTenant
 from projections.credentials import decrypt_secret
 from zapflow.errors import ConfigurationError
-from zapflow.tenants import NewTenant, register_command, validated
+from zapflow.tenants import register_command, validated
 
 pytestmark = pytest.mark.unit
 
