@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from events.envelope import EventEnvelope
 from events.tenant import TenantRegistered
 from projections.batch import ModuleProjection
 from projections.database import Conn
+from projections.read import BadCursor, decode_cursor, encode_cursor
 
 NAME: Final = "tenant_directory"
 
@@ -129,3 +131,64 @@ def _record(row: asyncpg.Record) -> TenantRecord:
 
 
 PROJECTION: Final = ModuleProjection(NAME, apply)
+
+
+# What the platform admin reads of the directory: never the token, never the key's hash.
+_SELECT_SUMMARY: Final = """
+SELECT t.tenant_id, t.name, t.twilio_account_sid, t.suspended, t.registered_at,
+       ARRAY(SELECT s.sender FROM tenant_senders s WHERE s.tenant_id = t.tenant_id
+             ORDER BY s.sender) AS senders
+FROM tenants t
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSummary:
+    """A tenant as the platform admin sees it: no secret, not even hashed."""
+
+    tenant_id: UUID
+    name: str
+    twilio_account_sid: str
+    senders: tuple[str, ...]
+    suspended: bool
+    registered_at: datetime
+
+
+async def tenant_summary(conn: Conn, tenant_id: UUID) -> TenantSummary | None:
+    row = await conn.fetchrow(_SELECT_SUMMARY + "WHERE t.tenant_id = $1", tenant_id)
+    return None if row is None else _summary(row)
+
+
+async def tenants_page(
+    conn: Conn, limit: int, cursor: str | None
+) -> tuple[list[TenantSummary], str | None]:
+    """A page of the directory, oldest registration first; raises `read.BadCursor`."""
+    if cursor is None:
+        rows = await conn.fetch(
+            _SELECT_SUMMARY + "ORDER BY t.registered_at, t.tenant_id LIMIT $1", limit + 1
+        )
+    else:
+        at, tenant_id = decode_cursor(cursor, 2)
+        try:
+            after = (datetime.fromisoformat(at), UUID(tenant_id))
+        except (TypeError, ValueError):
+            raise BadCursor("the cursor is not one this API issued") from None
+        if after[0].tzinfo is None:
+            raise BadCursor("the cursor is not one this API issued")
+        rows = await conn.fetch(
+            _SELECT_SUMMARY + "WHERE (t.registered_at, t.tenant_id) > ($1, $2) "
+            "ORDER BY t.registered_at, t.tenant_id LIMIT $3",
+            *after, limit + 1,
+        )  # fmt: skip
+    page = [_summary(row) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return page, None
+    last = page[-1]
+    return page, encode_cursor(last.registered_at.isoformat(), str(last.tenant_id))
+
+
+def _summary(row: asyncpg.Record) -> TenantSummary:
+    return TenantSummary(
+        row["tenant_id"], row["name"], row["twilio_account_sid"], tuple(row["senders"]),
+        row["suspended"], row["registered_at"],
+    )  # fmt: skip
