@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Response
 
 from api import (
+    admin,
     audit,
     errors,
     health,
@@ -114,6 +115,7 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
     app.include_router(people.router)
     app.include_router(keys.router)
     app.include_router(me.router)
+    app.include_router(admin.router)
     # First: the hottest path should not be matched against every other route before it.
     app.router.routes[:0] = webhooks.routes
     _document_webhooks(app)

@@ -2,8 +2,9 @@
 
 The app runs for real (PostgreSQL as `zapflow_app` under RLS, a broker for the commands) with
 one tenant, one conversation and its messages in the read models, so generated requests reach
-rows as well as misses. Twilio's webhooks are left out: without a signature every request is a
-403 before anything else happens (their refusals have tests of their own).
+rows as well as misses; the admin API is called with the platform admin token. Twilio's
+webhooks are left out: without a signature every request is a 403 before anything else happens
+(their refusals have tests of their own).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from schemathesis.specs.openapi.checks import ignored_auth, positive_data_accept
 
 from api.app import create_app
 from api.container import ApiConfig
+from api.tokens import derived_admin_token
 from projections.credentials import encrypt_secret
 from projections.migrations import migrate
 from tests.integration.twilio_driver import KEY, app_client
@@ -47,6 +49,7 @@ class Fuzzed:
     client: TestClient
     api_key: str
     conversation_id: uuid.UUID
+    tenant_id: uuid.UUID
 
 
 @pytest.fixture
@@ -78,7 +81,7 @@ async def fuzzed(
         tenant, cid, AT,
     )  # fmt: skip
     with app_client(fresh_broker, database_url) as client:
-        yield Fuzzed(client, key, cid)
+        yield Fuzzed(client, key, cid, tenant)
 
 
 @schema.parametrize()
@@ -91,9 +94,13 @@ def test_the_api_honours_its_openapi_document(case: schemathesis.Case[Any], fuzz
     wanted = case.path_parameters and "conversation_id" in case.path_parameters
     if wanted and secrets.randbelow(2):  # half the time, a conversation that exists
         case.path_parameters["conversation_id"] = str(fuzzed.conversation_id)
-    if case.method != "GET":  # no decider runs here: do not wait for one (people, keys wait
-        case.query = {**(case.query or {}), "timeout": 0.05}  # by default; others ignore it)
-    headers = {**dict(case.headers or {}), "Authorization": f"Bearer {fuzzed.api_key}"}
+    if case.path_parameters and "tenant_id" in case.path_parameters and secrets.randbelow(2):
+        case.path_parameters["tenant_id"] = str(fuzzed.tenant_id)
+    admin = case.path.startswith("/v1/admin/")
+    if case.method != "GET":  # no decider runs here: do not wait for one (people, keys and the
+        case.query = {**(case.query or {}), "timeout": 0.05}  # admin API may wait by default)
+    bearer = derived_admin_token(KEY) if admin else fuzzed.api_key  # the admin API: its token
+    headers = {**dict(case.headers or {}), "Authorization": f"Bearer {bearer}"}
     kwargs = case.as_transport_kwargs(base_url="http://testserver", headers=headers)
     response = fuzzed.client.request(
         kwargs["method"],
