@@ -18,7 +18,9 @@ from zapflow.errors import ConfigurationError
 from zapflow.settings import Settings
 
 if TYPE_CHECKING:
+    from events.registry import Message
     from projections.status import PartitionStatus
+    from projections.tenants import TenantRecord
     from streams.llm import Model
     from zapflow.runtime import Endpoints
 
@@ -108,8 +110,41 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--sender", action="append", required=True, help="whatsapp:+E164 (repeat for more)"
     )
+    _tenant_lifecycle_parsers(tenants_sub)
+    admin = sub.add_parser("admin", help="the platform admin")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    admin_sub.add_parser("token", help="print the platform admin token (/v1/admin/...)")
     _reprocess_parser(sub)
     return parser
+
+
+def _tenant_lifecycle_parsers(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Changes go through the log and wait until the directory shows them (or are refused)."""
+    actions.add_parser("list", help="every tenant (never a token or key)")
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help_text)
+        parser.add_argument("tenant", type=_uuid, metavar="TENANT_ID")
+        return parser
+
+    action("show", "one tenant (never its token or key)")
+    action("update", "rename a tenant").add_argument("--name", required=True)
+    action("add-sender", "add a WhatsApp sender").add_argument(
+        "--sender", required=True, metavar="whatsapp:+E164"
+    )
+    action("remove-sender", "remove a WhatsApp sender (never the last)").add_argument(
+        "--sender", required=True, metavar="whatsapp:+E164"
+    )
+    rotate = action("rotate-credentials", "replace the Twilio account SID and auth token")
+    rotate.add_argument("--twilio-account-sid", required=True, metavar="AC…")
+    rotate.add_argument(
+        "--twilio-auth-token-stdin", action="store_true",
+        help="read the token from stdin (else it is asked for, not echoed)",
+    )  # fmt: skip
+    action("suspend", "no message in or out until reactivated").add_argument(
+        "--reason", required=True
+    )
+    action("reactivate", "lift a suspension")
 
 
 def _reprocess_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -313,6 +348,9 @@ def _tenants(args: argparse.Namespace, settings: Settings) -> int:
     from zapflow.secret_key import resolve_secret_key
     from zapflow.tenants import TenantNotProjected, create_tenant, validated
 
+    if args.tenants_command != "create":
+        return _tenant_lifecycle(args, settings)
+
     secret = args.twilio_auth_token
     if secret == STDIN:  # keeps the token out of the process list and shell history
         secret = sys.stdin.readline().strip()
@@ -327,6 +365,79 @@ def _tenants(args: argparse.Namespace, settings: Settings) -> int:
         print(f"zapflow: error: {exc}", file=sys.stderr)
         return 1
     _print({"tenant_id": str(tenant_id), "api_key": api_key})
+    return 0
+
+
+def _tenant_lifecycle(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow import tenant_lifecycle as lifecycle
+    from zapflow.runtime import resolve
+
+    command, timeout_s = args.tenants_command, settings.connect_timeout_s
+    if command in ("list", "show"):
+        endpoints = resolve(settings)
+        if command == "list":
+            _print(asyncio.run(lifecycle.list_tenants(endpoints, timeout_s)))
+        else:
+            _print(asyncio.run(lifecycle.show_tenant(args.tenant, endpoints, timeout_s)))
+        return 0
+    build = _lifecycle_command(args, settings)  # bad input: an error before anything is sent
+    try:
+        _print(asyncio.run(lifecycle.change(args.tenant, build, resolve(settings), timeout_s)))
+    except lifecycle.ChangeNotMade as exc:
+        print(f"zapflow: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _lifecycle_command(
+    args: argparse.Namespace, settings: Settings
+) -> Callable[[TenantRecord], Message]:
+    """The command to send, checked now; the token is sealed for the tenant once it is known."""
+    from commands import tenant as inputs
+    from commands import tenant_lifecycle as lc
+    from zapflow.tenants import as_options
+
+    command = args.tenants_command
+    with as_options():
+        if command == "update":
+            name = inputs.tenant_name(args.name)
+            return lambda _: lc.UpdateTenantSettings(name=name)
+        if command in ("add-sender", "remove-sender"):
+            sender = inputs.sender(args.sender)
+            if command == "add-sender":
+                return lambda _: lc.AddWhatsAppSender(sender=sender)
+            return lambda _: lc.RemoveWhatsAppSender(sender=sender)
+        if command == "suspend":
+            reason = inputs.reason(args.reason)
+            return lambda _: lc.SuspendTenant(reason=reason)
+        if command == "reactivate":
+            return lambda _: lc.ReactivateTenant()
+        sid = inputs.account_sid(args.twilio_account_sid)
+        token = inputs.auth_token(_auth_token(args.twilio_auth_token_stdin))
+    from projections.credentials import encrypt_secret
+    from zapflow.secret_key import resolve_secret_key
+
+    key = resolve_secret_key(settings)
+    return lambda t: lc.RotateTwilioCredentials(
+        twilio_account_sid=sid, twilio_auth_token_encrypted=encrypt_secret(key, token, t.tenant_id)
+    )
+
+
+def _auth_token(from_stdin: bool) -> str:
+    """The token from stdin or a prompt that does not echo: never from argv (process list)."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    return getpass.getpass("Twilio auth token: ")
+
+
+def _admin(args: argparse.Namespace, settings: Settings) -> int:
+    from zapflow.secret_key import resolve_admin_token, resolve_secret_key
+
+    # A configured token needs no secret key (it is only derived from one when unset).
+    secret = b"" if settings.admin_token is not None else resolve_secret_key(settings)
+    print(resolve_admin_token(settings, secret))
     return 0
 
 
@@ -539,6 +650,7 @@ HANDLERS: dict[str, Handler] = {
     "verify": audit_replay.verify_command,
     "projections": _projections,
     "tenants": _tenants,
+    "admin": _admin,
     "agents": _agents,
     "chat": _chat,
     "emulator": _emulator,
