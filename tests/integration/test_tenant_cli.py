@@ -9,6 +9,7 @@ import io
 import logging
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,18 @@ from tests.integration.twilio_driver import KEY, PARTITIONS, WAIT_S
 from zapflow.cli import main
 from zapflow.errors import ConfigurationError
 from zapflow.runtime import Endpoints
-from zapflow.tenants import TenantNotProjected, create_tenant, validated
+from zapflow.tenants import (
+    TenantNotProjected,
+    create_tenant,
+    register_command,
+    send_command,
+    validated,
+)
 
 pytestmark = pytest.mark.integration
 
 ACCOUNT = "AC0123456789abcdef0123456789abcdef"
+AT = datetime(2026, 12, 3, tzinfo=UTC)
 
 
 async def registrations(brokers: str) -> list[CommandEnvelope]:
@@ -181,6 +189,12 @@ async def test_bad_input_is_an_error_naming_the_option_and_nothing_is_sent(
     code, _, err = await run_cli(capsys, "tenants", "update", tenant, "--name", "Nova")
     assert (code, err.strip()) == (2, f"zapflow: error: TENANT_ID={tenant}: no such tenant")
     assert await records(fresh_broker, COMMANDS) == []
+    # The same reader does see a command that is sent.
+    tenant_id, sent = uuid.uuid4(), validated("Nova", ACCOUNT, "t", ["+14155238886"])
+    await send_command(fresh_broker, register_command(sent, tenant_id, "a" * 64, KEY, AT), 10)
+    assert [decode_command(r).tenant_id for r in await records(fresh_broker, COMMANDS)] == [
+        tenant_id
+    ]
 
 
 async def test_admin_token_prints_the_deployments_platform_admin_token(
