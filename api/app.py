@@ -13,6 +13,7 @@ from fastapi import FastAPI, Response
 
 from api import (
     admin,
+    admin_registration,
     audit,
     errors,
     health,
@@ -115,6 +116,7 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
     app.include_router(people.router)
     app.include_router(keys.router)
     app.include_router(me.router)
+    app.include_router(admin_registration.router)
     app.include_router(admin.router)
     # First: the hottest path should not be matched against every other route before it.
     app.router.routes[:0] = webhooks.routes
