@@ -1,9 +1,12 @@
-"""The tenant directory: `tenants` and `tenant_senders`, projected from `TenantRegistered`, and
-whether each tenant is suspended (`TenantSuspended`, `TenantReactivated`).
+"""The tenant directory: `tenants` and `tenant_senders`, projected from `TenantRegistered` and the
+tenant's lifecycle (name, WhatsApp senders, Twilio credentials, suspension: `events.tenant`).
 
-`apply` is idempotent on its own (a row remembers the `tenant_seq` that wrote it and older or
-repeated events leave it alone), so it stays correct even without the runner's sequence skip.
-The directory holds the Twilio auth token only encrypted and the API key only as its SHA-256.
+`apply` is idempotent on its own, so it stays correct even without the runner's sequence skip:
+the tenant's row remembers the `tenant_seq` of the last event that changed the tenant
+(`updated_seq`), and every event first moves that mark forward, in the same statement that
+changes the row; an older or repeated event moves nothing and changes nothing, sender rows
+included (they are written only once the mark moved). The directory holds the Twilio auth token
+only encrypted and the API key only as its SHA-256.
 """
 
 from __future__ import annotations
@@ -18,12 +21,25 @@ import asyncpg
 
 from events.catalog import EVENT_REGISTRY
 from events.envelope import EventEnvelope
-from events.tenant import TenantRegistered
+from events.tenant import (
+    TenantReactivated,
+    TenantRegistered,
+    TenantSettingsUpdated,
+    TenantSuspended,
+    TwilioCredentialsRotated,
+    WhatsAppSenderAdded,
+    WhatsAppSenderRemoved,
+)
 from projections.batch import ModuleProjection
 from projections.database import Conn
 from projections.read import BadCursor, decode_cursor, encode_cursor
 
 NAME: Final = "tenant_directory"
+_DIRECTORY_EVENTS: Final = frozenset({
+    "TenantRegistered", "TenantSettingsUpdated", "WhatsAppSenderAdded", "WhatsAppSenderRemoved",
+    "TwilioCredentialsRotated", "TenantSuspended", "TenantReactivated",
+})  # fmt: skip
+"""Checked before decoding: the projector sees every event, and almost none is one of these."""
 
 _UPSERT_TENANT: Final = """
 INSERT INTO tenants (tenant_id, name, twilio_account_sid, twilio_auth_token_encrypted,
@@ -61,20 +77,50 @@ class TenantRecord:
 
 
 async def apply(conn: Conn, envelope: EventEnvelope) -> None:
-    """Project one event; registration and suspension concern the directory."""
-    if envelope.type in ("TenantSuspended", "TenantReactivated"):
-        # Only ever forward: an older or replayed event leaves a newer state alone.
-        await conn.execute(
-            "UPDATE tenants SET suspended = $2, updated_seq = $3 WHERE tenant_id = $1 "
-            "AND updated_seq < $3",
-            envelope.tenant_id, envelope.type == "TenantSuspended", envelope.tenant_seq,
-        )  # fmt: skip
-        return
-    if envelope.type != "TenantRegistered":
+    """Project one event; only the tenant's registration and lifecycle concern the directory."""
+    if envelope.type not in _DIRECTORY_EVENTS:
         return
     event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
-    assert isinstance(event, TenantRegistered)
-    await _register(conn, envelope, event)
+    tenant_id, seq = envelope.tenant_id, envelope.tenant_seq
+    match event:
+        case TenantRegistered():
+            await _register(conn, envelope, event)
+        case TenantSettingsUpdated(name=name):
+            await _advance(conn, tenant_id, seq, "name = $3", name)
+        case TwilioCredentialsRotated():
+            await _advance(conn, tenant_id, seq,
+                           "twilio_account_sid = $3, twilio_auth_token_encrypted = $4",
+                           event.twilio_account_sid, event.twilio_auth_token_encrypted)  # fmt: skip
+        case TenantSuspended() | TenantReactivated():
+            await _advance(
+                conn, tenant_id, seq, "suspended = $3", isinstance(event, TenantSuspended)
+            )
+        case WhatsAppSenderAdded(sender=sender):
+            if await _advance(conn, tenant_id, seq):
+                await conn.execute(
+                    "INSERT INTO tenant_senders (tenant_id, sender) VALUES ($1, $2) "
+                    "ON CONFLICT DO NOTHING", tenant_id, sender,
+                )  # fmt: skip
+        case WhatsAppSenderRemoved(sender=sender):
+            if await _advance(conn, tenant_id, seq):
+                await conn.execute(
+                    "DELETE FROM tenant_senders WHERE tenant_id = $1 AND sender = $2",
+                    tenant_id, sender,
+                )  # fmt: skip
+        case _:
+            raise AssertionError(f"{envelope.type} is a directory event without a projection")
+
+
+async def _advance(
+    conn: Conn, tenant_id: UUID, seq: int, changes: str = "", *values: object
+) -> bool:
+    """Move the tenant's `updated_seq` to `seq` with `changes` (SET clauses over `$3`...), or,
+    when the row already reflects this event or a later one, do nothing; True if it moved."""
+    assignments = f"updated_seq = $2{', ' + changes if changes else ''}"
+    # Not injectable: `changes` is one of this module's constants, the values are parameters.
+    sql = f"UPDATE tenants SET {assignments} WHERE tenant_id = $1 AND updated_seq < $2"  # noqa: S608
+    moved = await conn.fetchval(sql + " RETURNING true", tenant_id, seq, *values)
+    return moved is not None
 
 
 async def _register(conn: Conn, envelope: EventEnvelope, event: TenantRegistered) -> None:
