@@ -65,7 +65,7 @@ def create_app(config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
                 tasks.append(_watched(broker.keep_connecting(), "broker connector"))
             await spool.recover()
             tasks.append(_watched(spool.relay(), "spool relay"))
-            tenants = TenantCache(pool, config.secret_key)
+            tenants = TenantCache(pool, config.secret_key, ttl_s=config.tenant_ttl_s)
             authenticator = Authenticator(
                 pool,
                 reader,

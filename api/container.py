@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from api.broker import BrokerLink
 from api.spool import CommandSpool
-from api.tenant_cache import TenantCache
+from api.tenant_cache import DEFAULT_TTL_S, TenantCache
 from api.tokens import TokenKeys, derived_admin_token
 from projections.database import APP_ROLE, with_user
 
@@ -41,6 +41,9 @@ class ApiConfig:
     app_database_url: str | None = None
     """The query API's connection (role `zapflow_app`); by default DATABASE_URL's server and
     database as that role, without a password."""
+    tenant_ttl_s: float = DEFAULT_TTL_S
+    """How long a webhook trusts its cached directory row: a suspension or a rotated-out token
+    takes effect at the webhook within this (ADR 0018)."""
 
     token_keys: TokenKeys | None = field(default=None, kw_only=True, repr=False)
     """How access tokens are signed; None: HS256 with a key derived from `secret_key`."""

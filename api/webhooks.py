@@ -3,7 +3,16 @@
 Checks run in this order, and nothing is recorded on any refusal: unknown tenant (404), body
 too large (413), signature missing (403), not a form or malformed (400), signature invalid
 (403), missing parameters (400), a valid signature for another account or sender (403, tenant
-confusion). A body that does not parse cannot be verified, so it is refused as malformed.
+confusion), an incoming message for a suspended tenant (423). A body that does not parse cannot
+be verified, so it is refused as malformed. The suspension comes last: only Twilio, with the
+tenant's own token, account and sender, learns that a tenant is suspended, and an unsigned
+request gets the same 403 as for any tenant. Status callbacks of a suspended tenant are still
+accepted: they report messages that already went out, and a report of what happened is never
+dropped (ADR 0018).
+
+The checks after the body is read rest on the tenant's cached directory row (`TenantCache`); a
+refusal among them is checked once more against a fresh read (at most once a second per
+tenant), so a rotated token, a new sender or a reactivation lets Twilio in at once.
 """
 
 from __future__ import annotations
@@ -52,6 +61,17 @@ _REFUSALS: Final[dict[str, object]] = {
         (413, "Body larger than the configured limit."),
     )
 }
+_SUSPENDED: Final[dict[str, object]] = {
+    "423": {
+        "description": "The tenant is suspended: the message is not taken (nothing is recorded) "
+        "until the tenant is reactivated.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Refusal"}}},
+    }
+}
+_ON_DIRECTORY: Final = frozenset(
+    {"signature_invalid", "account_mismatch", "sender_mismatch", "tenant_suspended"}
+)
+"""Refusals that rest on the cached directory row, and are checked again on a fresh read."""
 
 
 class _Refused(Exception):
@@ -94,7 +114,10 @@ routes: Final = [
 def openapi_paths() -> dict[str, dict[str, object]]:
     """The webhooks' OpenAPI path items (merged into the schema by `api.app`)."""
 
-    def operation(summary: str, operation_id: str, description: str) -> dict[str, object]:
+    def operation(
+        summary: str, operation_id: str, description: str,
+        refusals: dict[str, object] = _REFUSALS,
+    ) -> dict[str, object]:  # fmt: skip
         return {
             "tags": ["twilio"],
             "summary": summary,
@@ -129,7 +152,7 @@ def openapi_paths() -> dict[str, dict[str, object]]:
                     "description": "Accepted: the command is durable. Empty TwiML.",
                     "content": {"text/xml": {"example": TWIML_EMPTY}},
                 },
-                **_REFUSALS,
+                **refusals,
             },
         }
 
@@ -139,7 +162,9 @@ def openapi_paths() -> dict[str, dict[str, object]]:
                 "Twilio incoming-message webhook (WhatsApp)",
                 "twilio_messages",
                 "Configure as the sender's *A message comes in* URL. Each message is recorded "
-                "once however often Twilio retries it.",
+                "once however often Twilio retries it. A suspended tenant's messages are "
+                "refused (423) after the signature is verified.",
+                _REFUSALS | _SUSPENDED,
             )
         },
         f"{PREFIX}/status": {
@@ -147,7 +172,8 @@ def openapi_paths() -> dict[str, dict[str, object]]:
                 "Twilio message status callback",
                 "twilio_status",
                 "Configure as the `StatusCallback` of outbound messages. A status only moves "
-                "forward.",
+                "forward. Accepted for a suspended tenant too: it reports a message that "
+                "already went out.",
             )
         },
     }
@@ -166,7 +192,17 @@ async def _accept(request: Request, kind: str) -> Response:
     raw_id: str = request.path_params["tenant_id"]
     try:
         tenant = await _tenant(container, raw_id)
-        command = await _verified_command(request, container, tenant, kind)
+        signature, params = await _form(request, container)
+        try:
+            command = _verified_command(request, container, tenant, signature, params, kind)
+        except _Refused as refused:
+            if refused.code not in _ON_DIRECTORY:
+                raise
+            fresh = await _fresh(container, tenant)
+            if fresh is None:
+                raise
+            tenant = fresh
+            command = _verified_command(request, container, tenant, signature, params, kind)
     except _Refused as refused:
         request.app.state.metrics.refusals.inc(kind, refused.code)
         log.info(
@@ -202,18 +238,27 @@ async def _tenant(container: Container, raw_id: str) -> TenantCredentials:
     try:
         tenant = await container.tenants.get(tenant_id)
     except SecretError:  # the stored token does not open with this process's key
-        log.exception("tenant credentials unreadable", extra={"tenant_id": tenant_id})
-        raise _Refused(
-            500, "credentials_unreadable", "tenant credentials are unavailable"
-        ) from None
+        raise _unreadable(tenant_id) from None
     if tenant is None:
         raise _Refused(404, "unknown_tenant", "no such tenant")
     return tenant
 
 
-async def _verified_command(
-    request: Request, container: Container, tenant: TenantCredentials, kind: str
-) -> WebhookCommand:
+async def _fresh(container: Container, cached: TenantCredentials) -> TenantCredentials | None:
+    """The tenant's directory row read again, if it changed since `cached` was read."""
+    try:
+        return await container.tenants.refresh(cached)
+    except SecretError:
+        raise _unreadable(cached.tenant_id) from None
+
+
+def _unreadable(tenant_id: UUID) -> _Refused:
+    log.exception("tenant credentials unreadable", extra={"tenant_id": tenant_id})
+    return _Refused(500, "credentials_unreadable", "tenant credentials are unavailable")
+
+
+async def _form(request: Request, container: Container) -> tuple[str, FormParams]:
+    """The signature and the parsed form, refused when either is missing or malformed."""
     body = await _body(request, container.config.max_body_bytes)
     signature = request.headers.get(SIGNATURE_HEADER)
     if not signature:
@@ -222,9 +267,15 @@ async def _verified_command(
     if content_type != _FORM:
         raise _Refused(400, "unsupported_content_type", f"expected {_FORM}")
     try:
-        params = parse_form(body)
+        return signature, parse_form(body)
     except TwilioFormError as exc:
         raise _Refused(400, exc.code, exc.detail) from None
+
+
+def _verified_command(
+    request: Request, container: Container, tenant: TenantCredentials, signature: str,
+    params: FormParams, kind: str,
+) -> WebhookCommand:  # fmt: skip
     if not signature_is_valid(tenant.auth_token, _url(request, container), params, signature):
         raise _Refused(403, "signature_invalid", f"{SIGNATURE_HEADER} does not match")
     command = _translate(params, kind)
@@ -233,6 +284,9 @@ async def _verified_command(
     if command.sender not in tenant.record.senders:
         field = "To" if kind == "messages" else "From"
         raise _Refused(403, "sender_mismatch", f"{field} is not one of this tenant's senders")
+    if kind == "messages" and tenant.record.suspended:
+        raise _Refused(423, "tenant_suspended", "the tenant is suspended: incoming messages are "
+                       "not accepted until it is reactivated")  # fmt: skip
     return command
 
 

@@ -175,12 +175,13 @@ async def test_a_status_callback_becomes_record_delivery_status(
 
 def test_the_webhooks_are_in_the_openapi_schema(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    for path in (
-        "/v1/tenants/{tenant_id}/twilio/messages",
-        "/v1/tenants/{tenant_id}/twilio/status",
+    refusals = {"200", "400", "403", "404", "413"}
+    for path, responses in (
+        ("/v1/tenants/{tenant_id}/twilio/messages", refusals | {"423"}),  # a suspended tenant
+        ("/v1/tenants/{tenant_id}/twilio/status", refusals),  # taken while suspended too
     ):
         operation = schema["paths"][path]["post"]
-        assert set(operation["responses"]) == {"200", "400", "403", "404", "413"}
+        assert set(operation["responses"]) == responses
         assert "application/x-www-form-urlencoded" in operation["requestBody"]["content"]
         refusal = operation["responses"]["403"]["content"]["application/json"]["schema"]
         assert refusal == {"$ref": "#/components/schemas/Refusal"}

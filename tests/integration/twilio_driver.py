@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from api.app import create_app
 from api.container import ApiConfig
+from api.tenant_cache import DEFAULT_TTL_S
 from events.envelope import HEADER_TYPE, CommandEnvelope, decode_command, header
 from projections.credentials import encrypt_secret
 from projections.migrations import migrate
@@ -78,9 +79,12 @@ async def add_tenant(db: asyncpg.Connection) -> Tenant:
     return tenant
 
 
-def app_client(brokers: str, database_url: str) -> TestClient:
+def app_client(
+    brokers: str, database_url: str, *, tenant_ttl_s: float = DEFAULT_TTL_S
+) -> TestClient:
     config = ApiConfig(
         database_url, brokers, PUBLIC, secret_key=KEY, max_body_bytes=LIMIT, produce_timeout_s=1.0,
+        tenant_ttl_s=tenant_ttl_s,
         auth_cache_ttl_s=0.0,  # a revoked key or a disabled user is refused at once
     )  # fmt: skip
     return TestClient(create_app(config))
@@ -123,7 +127,8 @@ async def eventually(check: Callable[[], Awaitable[bool]]) -> bool:
 
 
 async def commands_until(brokers: str, tenant: Tenant, last_sid: str) -> list[CommandEnvelope]:
-    """Every command of `tenant` in the log, up to and including the one for `last_sid`."""
+    """Every command of `tenant` in the log, up to and including the one for `last_sid` (the
+    Twilio message or status callback with that `MessageSid`)."""
     consumer = kafka.groupless_consumer(brokers)
     await consumer.start()
     try:
@@ -141,7 +146,7 @@ async def commands_until(brokers: str, tenant: Tenant, last_sid: str) -> list[Co
                     envelope = decode_command(record.value)
                     assert header(record.headers, HEADER_TYPE) == envelope.type
                     found.append(envelope)
-                    if envelope.payload["message_sid"] == last_sid:
+                    if envelope.payload.get("message_sid") == last_sid:
                         return found
         raise AssertionError(f"no command for {last_sid} within {WAIT_S}s; saw {len(found)}")
     finally:
