@@ -158,6 +158,17 @@ class Emulator:
         with self._lock:
             return [attempt.as_json() for attempt in self._callback_log]
 
+    def rotate_auth_token(self, account_sid: str, token: str) -> None:
+        """`token` is the account's auth token from now on, as when a secondary token is
+        promoted at Twilio: the old one is refused at once, and callbacks of messages created
+        from now on are signed with the new one."""
+        if not token:
+            raise ValueError("an auth token is not empty")
+        with self._lock:
+            if account_sid not in self._accounts:
+                raise KeyError(account_sid)
+            self._accounts[account_sid] = token
+
     def reset(self) -> None:
         """Forget messages, windows, opt-outs, faults and callbacks; lifecycles underway stop.
 

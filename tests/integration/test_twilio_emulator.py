@@ -329,6 +329,20 @@ def test_bad_credentials_answer_401_with_code_20003(
     assert emulator.received() == []
 
 
+def test_a_rotated_auth_token_replaces_the_old_one_at_once() -> None:
+    app = create_app({ACCOUNT: TOKEN}, callbacks=FAST)
+    with EmulatorServer(app) as own:
+        own.emulator.record_inbound(CONTACT, SENDER)
+        own.emulator.rotate_auth_token(ACCOUNT, "the-new-token")
+        with pytest.raises(TwilioRestException) as raised:
+            sdk(own).messages.create(to=CONTACT, from_=SENDER, body="oi")
+        assert (raised.value.status, raised.value.code) == (401, 20003)
+        created = sdk(own, token="the-new-token").messages.create(
+            to=CONTACT, from_=SENDER, body="oi"
+        )
+        assert [m["sid"] for m in own.emulator.received()] == [created.sid]
+
+
 def test_a_request_without_credentials_gets_twilios_exact_401(
     server: EmulatorServer, emulator: Emulator
 ) -> None:
