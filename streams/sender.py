@@ -20,6 +20,11 @@ call can no longer be in progress, and only a message that is not there is sent 
 
 Calls run concurrently (at most `max_in_flight`), one conversation (recipient) at a time and
 in order, so Twilio's latency does not cap throughput and a contact's messages keep their order.
+
+A suspended tenant's messages are held (ADR 0018): the suspension is folded from the log like
+everything else, no message of that tenant starts going out (its first part is never attempted)
+until `TenantReactivated` is folded, and then they go out as any other, in order, through the
+ledger. A restart folds the suspension again, so nothing held is lost or sent early.
 """
 
 from __future__ import annotations
@@ -50,7 +55,14 @@ from events.conversation import (
     OutboundMessageSent,
 )
 from events.envelope import EventEnvelope
-from events.tenant import AgentConfigured, Template, TenantRegistered
+from events.tenant import (
+    AgentConfigured,
+    Template,
+    TenantReactivated,
+    TenantRegistered,
+    TenantSuspended,
+    TwilioCredentialsRotated,
+)
 from projections.credentials import SecretError, decrypt_secret
 from streams import kafka
 from streams.ledger import Ledger, Part
@@ -96,6 +108,9 @@ class _Tenant:
     token_encrypted: str | None = None
     window_template: Template | None = None
     last_seq: int = 0
+    suspended: bool = False
+    held: set[str] = field(default_factory=set)
+    """Conversations with messages waiting for the tenant's reactivation."""
 
 
 @dataclass(slots=True)
@@ -115,6 +130,14 @@ class _Result:
     code: str | None = None
     detail: str = ""
     reason: BlockReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """The tenant is suspended: the message has not started going out and waits."""
+
+
+HELD: Final = _Held()
 
 
 class _GiveUp(Exception):
@@ -157,10 +180,24 @@ class Sender:
             return  # a duplicate in the log
         tenant.last_seq = envelope.tenant_seq
         event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
-        if isinstance(event, TenantRegistered):
+        if isinstance(event, TenantRegistered | TwilioCredentialsRotated):
             tenant.account_sid = event.twilio_account_sid
             tenant.token_encrypted = event.twilio_auth_token_encrypted
-            self.clients.pop(envelope.tenant_id, None)
+            self.clients.pop(envelope.tenant_id, None)  # the next call uses these
+            return
+        if isinstance(event, TenantSuspended):
+            tenant.suspended = True
+            if self.caught_up:
+                log.info("tenant suspended: its messages are held",
+                         extra={"tenant_id": str(envelope.tenant_id)})  # fmt: skip
+            return
+        if isinstance(event, TenantReactivated):
+            tenant.suspended = False
+            if self.caught_up:
+                log.info("tenant reactivated: %d conversations' messages go out", len(tenant.held),
+                         extra={"tenant_id": str(envelope.tenant_id)})  # fmt: skip
+            self.waiting |= tenant.held
+            tenant.held.clear()
             return
         if isinstance(event, AgentConfigured):
             tenant.window_template = event.settings.template("window_closed")
@@ -200,13 +237,19 @@ class Sender:
     # -- sending ---------------------------------------------------------------------------
 
     def start_ready(self) -> None:
-        """One task per conversation with messages waiting and none running."""
+        """One task per conversation with messages waiting and none running; a suspended
+        tenant's conversations are set aside until its reactivation."""
         for cid in list(self.waiting):
             known = self.conversations[cid]
             if not known.queue:
                 self.waiting.discard(cid)
                 continue
             if cid in self.running or not _next(known):
+                continue
+            tenant = self.tenants[known.tenant_id]
+            if tenant.suspended:
+                self.waiting.discard(cid)
+                tenant.held.add(cid)
                 continue
             self.running.add(cid)
             task = asyncio.create_task(self._drain(cid, known))
@@ -220,6 +263,8 @@ class Sender:
                     result = await self._deliver(known, request)
                 except _GiveUp as gave_up:
                     result = _Result("failed", code=gave_up.code, detail=gave_up.detail)
+                if isinstance(result, _Held):
+                    return  # still queued and waiting: the next tick sets it aside
                 await self._record(known, request, result)
                 known.submitted.add(request.outbound_id)
         except Exception:
@@ -229,7 +274,9 @@ class Sender:
         finally:
             self.running.discard(cid)
 
-    async def _deliver(self, known: _Conversation, request: OutboundMessageRequested) -> _Result:
+    async def _deliver(
+        self, known: _Conversation, request: OutboundMessageRequested
+    ) -> _Result | _Held:
         tenant_id, oid = known.tenant_id, request.outbound_id
         rows = await self.ledger.parts(tenant_id, oid)
         plan = self._plan(known, request, rows)
@@ -243,6 +290,8 @@ class Sender:
             if row is not None and row.state == "failed":
                 return _Result("failed", tuple(sids), code=row.error_code or "unknown")
             outcome = await self._part(known, request, api, plan, part, text, row)
+            if isinstance(outcome, _Held):
+                return outcome
             if isinstance(outcome, Blocked):
                 return _Result("blocked", reason=outcome.reason, detail=outcome.detail)
             if isinstance(outcome, Refused):
@@ -273,10 +322,11 @@ class Sender:
     async def _part(
         self, known: _Conversation, request: OutboundMessageRequested, api: TwilioMessages,
         plan: SendPlan, part: int, text: str | None, row: Part | None,
-    ) -> str | Refused | Blocked:  # fmt: skip
+    ) -> str | Refused | Blocked | _Held:  # fmt: skip
         """The SID of this part, sent now or found sent; Twilio's refusal; or, while nothing of
         the message has gone out, the policy's block (re-checked before every retry: a contact
-        can opt out while Twilio throttles us)."""
+        can opt out while Twilio throttles us) or the tenant's suspension (checked right before
+        every call of a first part; a message half sent, a long text, is finished)."""
         tenant_id, oid = known.tenant_id, request.outbound_id
         if row is not None and row.state == "sent" and row.message_sid is not None:
             return row.message_sid
@@ -293,6 +343,8 @@ class Sender:
             await self.per_sender.wait((tenant_id, request.sender))
             await self.per_recipient.wait((tenant_id, request.contact))
             async with self.in_flight:
+                if part == 0 and self.tenants[tenant_id].suspended:
+                    return HELD
                 # Whatever this attempt does is over by `started` + the timeout: a later lookup
                 # (ADR 0015) counts its settle time from there, in this run or the next.
                 started = self.now()

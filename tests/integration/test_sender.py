@@ -1,7 +1,8 @@
 """The sender on the real broker, PostgreSQL, decider, projector and API, against the Twilio
 emulator reached through the real `twilio` SDK: one request is one WhatsApp message whatever
 Twilio does (429, 500, no answer, a dropped connection), the policy is checked at send time,
-and a 63016 falls back to the tenant's template once."""
+a 63016 falls back to the tenant's template once, a suspended tenant's messages wait for its
+reactivation and then go once, and a rotated Twilio token is used from the rotation on."""
 
 from __future__ import annotations
 
@@ -16,14 +17,25 @@ import openai
 import pytest
 from twilio.request_validator import RequestValidator
 
+from api.tenant_cache import DEFAULT_REFRESH_S
+from commands.tenant_lifecycle import ReactivateTenant, RotateTwilioCredentials, SuspendTenant
 from emulator import CallbackOptions, EmulatorServer, Fault, create_app
+from projections.credentials import encrypt_secret
 from streams.agent import AgentOptions, run_agent
 from streams.llm import OpenAIChat
 from streams.twilio_api import Created, HttpxTwilioClient, TwilioMessages, Unknown
 from tests.integration import fake_openai as fake
 from tests.integration.fake_openai import FakeOpenAI
-from tests.integration.sender_rig import TEMPLATE, Rig, contact, live_rig, settled
-from tests.integration.twilio_driver import inbound, sid
+from tests.integration.sender_rig import (
+    TEMPLATE,
+    Rig,
+    command_envelope,
+    contact,
+    live_rig,
+    settled,
+)
+from tests.integration.test_query_api import Keyed
+from tests.integration.twilio_driver import KEY, inbound, sid
 
 pytestmark = pytest.mark.integration
 SENDER = "whatsapp:+14155238886"
@@ -261,3 +273,121 @@ async def test_a_call_that_waited_for_a_connection_never_goes_out_after_its_dead
         assert isinstance(second, Unknown)
         bodies = [m.body for m in server.emulator.messages(account)]
         assert bodies == ["first"]
+
+
+async def _until_directory(rig: Rig, keyed: Keyed, sql: str, expected: object) -> None:
+    """Until the tenant's directory row says so: the change is in the log (projected)."""
+    for _ in range(300):
+        if await rig.db.fetchval(sql, keyed.tenant.tenant_id) == expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the tenant directory never had {expected!r} for {sql}")
+
+
+async def _suspend(rig: Rig, keyed: Keyed, suspended: bool = True) -> None:
+    tenant_id = keyed.tenant.tenant_id
+    body = SuspendTenant(reason="unpaid invoice") if suspended else ReactivateTenant()
+    await rig.send(command_envelope(tenant_id, body))
+    await _until_directory(rig, keyed, "SELECT suspended FROM tenants WHERE tenant_id = $1",
+                           suspended)  # fmt: skip
+
+
+async def test_a_suspended_tenants_request_waits_and_goes_once_after_its_reactivation(
+    rig: Rig,
+) -> None:
+    """Requested before the suspension, not sent yet: nothing reaches Twilio while the tenant
+    is suspended, across a restart of the sender (B, active, is served meanwhile), and one
+    message after the reactivation, through the ledger as any other."""
+    who = contact(14)
+    request, oid = rig.reply(rig.a, who, "Sua consulta está confirmada")
+    await rig.send(rig.inbound(rig.a, who), request)
+    assert await rig.until_status(rig.a, oid, lambda s: s == "requested") is not None
+    await _suspend(rig, rig.a)
+    other, other_oid = rig.reply(rig.b, who, "B segue atendendo")
+    await rig.send(rig.inbound(rig.b, who), other)
+    async with rig.sender():
+        served = await rig.until_status(rig.b, other_oid, settled)
+        await asyncio.sleep(1.0)  # A's message, queued before B's, would have gone by now
+    assert served is not None
+    assert served["twilio_sid"] is not None
+    async with rig.sender():  # a restart folds the suspension again
+        await asyncio.sleep(2.0)
+    assert [params["Body"] for params in rig.received()] == ["B segue atendendo"]
+    held = await rig.message(rig.a, oid)
+    assert held is not None
+    assert held["status"] == "requested"
+
+    async with rig.sender():
+        await _suspend(rig, rig.a, suspended=False)
+        row = await rig.until_status(rig.a, oid, settled)
+        await asyncio.sleep(2.0)  # and nothing more comes
+    assert row is not None
+    assert row["twilio_sid"] is not None
+    bodies = Counter(params["Body"] for params in rig.received())
+    assert bodies == Counter(["B segue atendendo", "Sua consulta está confirmada"])
+    types = Counter(e.type for e in await rig.events(rig.a))
+    assert types["OutboundMessageSent"] == 1
+
+
+async def test_a_tenant_suspended_while_twilio_throttles_us_sends_nothing_until_reactivated(
+    rig: Rig,
+) -> None:
+    """The suspension is read from the log while the sender is retrying a 429: no further
+    call is made (the ledger counts every call), and the message goes once the tenant is
+    reactivated."""
+    rig.emulator_server.emulator.inject(Fault(kind="rate_limit"), count=12)
+    who = contact(15)
+    request, oid = rig.reply(rig.a, who, "Promoção!")
+    await rig.send(rig.inbound(rig.a, who), request)
+
+    async def calls() -> int:
+        found = await rig.db.fetchval(
+            "SELECT attempts FROM send_ledger WHERE tenant_id = $1 AND outbound_id = $2",
+            rig.a.tenant.tenant_id, oid,
+        )  # fmt: skip
+        return int(found or 0)
+
+    async with rig.sender(backoff_s=0.1, backoff_max_s=0.5):
+        for _ in range(100):  # throttled, retrying
+            if await calls() >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await _suspend(rig, rig.a)
+        await asyncio.sleep(1.0)  # a call begun before the suspension was read ends
+        made = await calls()
+        await asyncio.sleep(2.0)  # four times the longest backoff
+        assert await calls() == made
+        assert made < 12  # faults were left: held, not sent through
+        await _suspend(rig, rig.a, suspended=False)
+        row = await rig.until_status(rig.a, oid, settled)
+    assert row is not None
+    assert row["twilio_sid"] is not None
+    assert [params["Body"] for params in rig.received()] == ["Promoção!"]
+
+
+async def test_the_sender_uses_the_rotated_token_from_the_rotation_on(rig: Rig) -> None:
+    """Rotated at Twilio (the old token refused from then on) and on the log: the next
+    message is created with the new token, and its status callbacks, signed with it, are
+    taken by the webhook."""
+    async with rig.sender():
+        who = contact(16)
+        first, first_oid = rig.reply(rig.a, who, "Antes da troca")
+        await rig.send(rig.inbound(rig.a, who), first)
+        assert await rig.until_status(rig.a, first_oid, lambda s: s == "read") is not None
+
+        t, token = rig.a.tenant, "rotated-" + sid()
+        rig.emulator_server.emulator.rotate_auth_token(t.account_sid, token)
+        sealed = encrypt_secret(KEY, token, t.tenant_id)
+        await rig.send(command_envelope(t.tenant_id, RotateTwilioCredentials(
+            twilio_account_sid=t.account_sid, twilio_auth_token_encrypted=sealed)))  # fmt: skip
+        await _until_directory(
+            rig, rig.a, "SELECT twilio_auth_token_encrypted FROM tenants WHERE tenant_id = $1",
+            sealed,
+        )  # fmt: skip
+        await asyncio.sleep(DEFAULT_REFRESH_S)  # the webhook may re-read the tenant for a refusal
+        second, second_oid = rig.reply(rig.a, who, "Depois da troca")
+        await rig.send(second)
+        row = await rig.until_status(rig.a, second_oid, lambda s: s == "read")
+    assert row is not None
+    assert row["status"] == "read"
+    assert [params["Body"] for params in rig.received()] == ["Antes da troca", "Depois da troca"]
