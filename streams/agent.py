@@ -14,6 +14,12 @@ command id is derived from (conversation, message): a turn run twice (a crash af
 is one command, and the decider keeps at most one outcome per message anyway (ADR 0007). A
 message that arrives while its conversation's turn is running gets a turn of its own once that
 one's outcome is decided (so the earlier reply is in its history): every message is answered.
+
+A suspended tenant's turns are held, not run (ADR 0018): the suspension is folded from the log,
+a due turn of that tenant calls no model and records nothing, and waits for `TenantReactivated`;
+a turn whose model answered after the suspension was folded is not recorded either (the decider
+would only discard it) and runs again after the reactivation. So no tokens are spent while a
+tenant is suspended, and no customer's message is left without its turn because of it.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from events.conversation import (
     OutboundMessageRequested,
 )
 from events.envelope import EventEnvelope
-from events.tenant import AgentConfigured, AgentSettings
+from events.tenant import AgentConfigured, AgentSettings, TenantReactivated, TenantSuspended
 from projections import agents as agent_store
 from streams import kafka
 from streams.llm import FaqAgent, Model, Role, TurnRequest, TurnResult
@@ -111,6 +117,9 @@ class _Tenant:
     tokens_day: date | None = None
     tokens_today: int = 0
     last_seq: int = 0
+    suspended: bool = False
+    held: set[str] = field(default_factory=set)
+    """Conversations whose turn waits for the tenant's reactivation."""
 
 
 @dataclass(slots=True)
@@ -146,6 +155,15 @@ class AgentRunner:
         event = EVENT_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
         if isinstance(event, AgentConfigured):
             tenant.settings = event.settings
+            return
+        if isinstance(event, TenantSuspended):
+            tenant.suspended = True
+            return
+        if isinstance(event, TenantReactivated):
+            tenant.suspended = False
+            for cid in tenant.held:  # held only once caught up: due at once
+                self.due.setdefault(cid, self.clock())
+            tenant.held.clear()
             return
         if not isinstance(event, CONVERSATION_EVENTS):
             return
@@ -209,6 +227,10 @@ class AgentRunner:
             del self.due[cid]
             if found is None or not _waiting(found, now):
                 continue
+            tenant = self.tenants[found.tenant_id]
+            if tenant.suspended:
+                tenant.held.add(cid)
+                continue
             await self.slots.acquire()
             self.running.add(cid)
             trigger = found.state.last_inbound_sid
@@ -221,6 +243,13 @@ class AgentRunner:
     async def _turn(self, cid: str, found: AgentConversation, trigger: str) -> None:
         try:
             result = await self._result(found, trigger)
+            tenant = self.tenants[found.tenant_id]
+            if tenant.suspended:  # suspended during the model call: the decider would discard
+                found.submitted.pop(trigger, None)
+                tenant.held.add(cid)
+                log.info("agent turn held: the tenant was suspended during it",
+                         extra={"tenant_id": str(found.tenant_id)})  # fmt: skip
+                return
             await self._record(cid, found.tenant_id, trigger, result)
         except Exception:
             found.submitted.pop(trigger, None)  # not sent: a later look retries it

@@ -3,8 +3,9 @@ a fake OpenAI server reached through the real SDK.
 
 A signed webhook becomes a turn: the model gets the tenant's prompt and the conversation, the
 reply is decided and projected as the bot's message. Turns run concurrently (a slow model does
-not serialise conversations), bursts become one turn, a hand-off silences the bot, and a runner
-started after messages arrived (or restarted after sending a turn) answers each exactly once.
+not serialise conversations), bursts become one turn, a hand-off silences the bot, a runner
+started after messages arrived (or restarted after sending a turn) answers each exactly once,
+and a suspended tenant's turn calls no model until the tenant is reactivated.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import openai
 import pytest
 from fastapi.testclient import TestClient
 
 from commands.agent_config import ConfigureAgent
+from commands.tenant_lifecycle import ReactivateTenant, SuspendTenant
 from events.envelope import CommandEnvelope, encode_command
 from events.tenant import AgentSettings
 from projections.database import APP_ROLE, with_user
+from projections.tenants import get_tenant
 from streams import kafka
 from streams.agent import AgentOptions, run_agent
 from streams.llm import OpenAIChat
@@ -227,6 +231,78 @@ async def test_a_message_sent_during_a_turn_gets_its_own_reply_after_it(
     # The second turn saw the first reply: it answers what is left, not both again.
     assert [m["role"] for m in second["messages"][1:]] == ["user", "assistant", "user"]
     assert second["messages"][2]["content"] == "resposta 1"
+
+
+async def test_a_suspended_tenants_turn_calls_no_model_until_the_tenant_is_reactivated(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str,
+    db: asyncpg.Connection, llm: FakeOpenAI,
+) -> None:  # fmt: skip
+    """A message decided just before the suspension, its turn due after it: the model is not
+    called (B's later turn shows the runner at work), nor after a restart, and the turn runs,
+    once, when the tenant is reactivated: the customer's message is answered, not dropped."""
+    client, a, b = platform
+    llm.script.extend([fake.text("Olá, aqui é B."), fake.text("Olá! Estamos de volta.")])
+
+    async def suspension(suspended: bool) -> None:
+        await _suspension(fresh_broker, db, a, suspended)
+
+    async with runner(fresh_broker, database_url, llm, debounce_s=4.0):
+        await asyncio.to_thread(_send, client, a, _contact(4), "Oi")  # due in 4 s
+        await suspension(True)
+        await asyncio.to_thread(_send, client, b, _contact(5), "Oi")  # due after A's
+        await _until(lambda: _messages(client, b), lambda m: len(_bot(m)) == 1)
+    assert len(llm.requests) == 1  # B's
+    async with runner(fresh_broker, database_url, llm):  # a restart folds the suspension
+        await asyncio.sleep(2.0)
+    assert len(llm.requests) == 1
+    assert _bot(await asyncio.to_thread(_messages, client, a)) == []
+
+    async with runner(fresh_broker, database_url, llm):
+        await asyncio.sleep(2.0)  # caught up with the log: the reactivation is read live
+        await suspension(False)
+        found = await _until(lambda: _messages(client, a), lambda m: len(_bot(m)) == 1)
+    (reply,) = _bot(found)
+    assert reply["body"] == "Olá! Estamos de volta."
+    assert len(llm.requests) == 2
+    assert llm.requests[1]["messages"][-1] == {"role": "user", "content": "Oi"}
+
+
+async def test_a_turn_whose_model_answers_after_the_suspension_runs_again_once_reactivated(
+    platform: tuple[TestClient, Keyed, Keyed], fresh_broker: str, database_url: str,
+    db: asyncpg.Connection, llm: FakeOpenAI,
+) -> None:  # fmt: skip
+    """The runner does not record a turn it knows the decider would only discard: the
+    message keeps waiting for its turn, which runs again (the model once more) after the
+    reactivation, and is answered."""
+    client, a, _ = platform
+    llm.script.extend([fake.Scripted(content="Resposta tardia", delay_s=3.0),
+                       fake.text("Olá! Estamos de volta.")])  # fmt: skip
+    async with runner(fresh_broker, database_url, llm):
+        await asyncio.to_thread(_send, client, a, _contact(6), "Oi")
+        for _ in range(100):
+            if llm.requests:  # the model is working on it
+                break
+            await asyncio.sleep(0.05)
+        await _suspension(fresh_broker, db, a, True)
+        await asyncio.sleep(3.0)  # the model has answered by now
+        await _suspension(fresh_broker, db, a, False)
+        found = await _until(lambda: _messages(client, a), lambda m: len(_bot(m)) == 1)
+    (reply,) = _bot(found)
+    assert reply["body"] == "Olá! Estamos de volta."
+    assert len(llm.requests) == 2
+
+
+async def _suspension(brokers: str, db: asyncpg.Connection, keyed: Keyed, suspended: bool) -> None:
+    """Suspend or reactivate the tenant, and wait until the directory shows it (decided)."""
+    tenant_id = keyed.tenant.tenant_id
+    body = SuspendTenant(reason="unpaid invoice") if suspended else ReactivateTenant()
+    await _command(brokers, command_envelope(tenant_id, body))
+    for _ in range(150):
+        found = await get_tenant(db, tenant_id)
+        if found is not None and found.suspended == suspended:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the suspension did not reach the tenant directory")
 
 
 async def _command(brokers: str, envelope: CommandEnvelope) -> None:
