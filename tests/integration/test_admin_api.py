@@ -156,10 +156,6 @@ async def test_the_deciders_refusals_answer_409_with_the_reason(platform: Platfo
     assert (renamed.status_code, renamed.json()["status"]) == (200, "accepted")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the tenant directory to project the lifecycle events (a parallel branch)",
-)
 async def test_name_senders_and_credentials_reach_the_directory(platform: Platform) -> None:
     client, a, _ = platform
     path, wait = f"/v1/admin/tenants/{a.tenant.tenant_id}", {"wait": "true"}

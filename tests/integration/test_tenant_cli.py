@@ -207,10 +207,6 @@ async def test_admin_token_prints_the_deployments_platform_admin_token(
     assert await run_cli(capsys, "admin", "token", parse=False) == (0, "a" * 40 + "\n", "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the tenant directory to project the lifecycle events (a parallel branch)",
-)
 async def test_rename_and_senders_wait_until_the_directory_shows_them(
     platform: tuple[TestClient, Keyed, Keyed],
     cli_env: None,
