@@ -35,6 +35,7 @@ from api.tokens import TokenKeys, derived_admin_token, issue
 from commands.api_keys import CreateApiKey, RevokeApiKey
 from commands.registration import StartRegistration, user_id_of
 from commands.registration_saga import start
+from commands.tenant_lifecycle import SuspendTenant
 from commands.users import DisableUser, RequestPasswordReset
 from tests.integration.sender_rig import command_envelope
 from tests.integration.test_query_api import Keyed
@@ -403,3 +404,29 @@ async def test_an_invitation_and_a_password_reset_set_passwords_through_the_log(
     assert "PasswordChanged" in " ".join(e.type for e in await events(fresh_broker))
     for secret in (invitation, reset, PASSWORD, new):
         assert secret not in text
+
+
+async def test_a_suspended_tenants_people_still_log_in_and_read(
+    world: World, fresh_broker: str, db: asyncpg.Connection
+) -> None:
+    tenant = world.tenant.tenant.tenant_id
+    await produce(fresh_broker, command_envelope(tenant, SuspendTenant(reason="unpaid")))
+    await _until(db, "SELECT 1 FROM tenants WHERE tenant_id = $1 AND suspended", tenant)
+    session = await asyncio.to_thread(_login, world.client, world.emails["owner"])
+    for credential in (session["access_token"], world.viewer, world.keys["read"]):
+        for path in ("/v1/conversations", "/v1/metrics?from=2026-11-01&to=2026-11-30", "/v1/me"):
+            reply = await _get(world.client, path, credential)
+            assert reply.status_code == 200, (path, reply.text)
+    made = await _post_as(world.client, "/v1/api-keys", session["access_token"],
+                          {"name": "x", "scopes": ["read"]})  # fmt: skip
+    assert (made.status_code, made.json()["error"]) == (409, "tenant_suspended")
+
+
+async def _get(client: TestClient, path: str, credential: str) -> Any:
+    headers = {"Authorization": f"Bearer {credential}"}
+    return await asyncio.to_thread(client.get, path, headers=headers)
+
+
+async def _post_as(client: TestClient, path: str, credential: str, body: dict[str, Any]) -> Any:
+    headers = {"Authorization": f"Bearer {credential}"}
+    return await asyncio.to_thread(client.post, path, headers=headers, json=body)
