@@ -143,6 +143,11 @@ def _rejected(saga: Saga, event: CommandRejected) -> Saga:
         if saga.failure is None and not saga.compensating:
             return replace(saga, failure=(step, f"{event.reason_code}: {event.reason}"))
         return saga
+    if name == "complete" and (saga.compensating or saga.failure is not None):
+        # Asked for by a process that had not seen the failure: one restarted after its
+        # predecessor gave up a step that was then decided late (ADR 0018, amended). The
+        # decider refuses it because the registration is being undone, and the undoing goes on.
+        return saga
     return replace(saga, stuck=f"{name} rejected: {event.reason_code}")
 
 

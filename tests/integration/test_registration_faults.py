@@ -30,7 +30,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from commands.registration_saga import command_id
+from commands.registration_saga import COMMAND_NAMES, command_id
 from commands.tenant_lifecycle import SuspendTenant
 from events.envelope import CommandEnvelope, EventEnvelope
 from events.registration import STEPS, Step
@@ -268,3 +268,66 @@ async def test_a_failure_at_each_step_leaves_nothing_and_is_undone_once_in_rever
     else:
         assert rejections == []  # late, not refused: it was decided, then undone
         assert fault.held is None
+
+
+@dataclass(slots=True)
+class Transit:
+    """Between a runner and the broker: holds the registration's commands named in `hold`
+    (the first of each; issued again, it is the same command) until `release`; and before a
+    command named in `after`, passes on the held ones it names."""
+
+    rig: Rig
+    rid: uuid.UUID
+    hold: set[str] = field(default_factory=set)
+    after: dict[str, list[str]] = field(default_factory=dict)
+    held: dict[str, CommandEnvelope] = field(default_factory=dict)
+
+    async def __call__(self, envelope: CommandEnvelope) -> None:
+        names = {command_id(self.rid, name): name for name in COMMAND_NAMES}
+        name = names.get(envelope.command_id)
+        if name in self.hold:
+            self.held.setdefault(name, envelope)
+            return
+        for first in self.after.get(name or "", []):
+            await self.release(first)
+        await submit_envelope(self.rig.producer, envelope)
+
+    async def release(self, name: str) -> CommandEnvelope:
+        envelope = self.held.pop(name)
+        await submit_envelope(self.rig.producer, envelope)
+        return envelope
+
+
+async def test_a_runner_restarted_after_giving_up_a_step_still_undoes_it_when_decided_late(
+    rig: Rig,
+) -> None:
+    """A gives up the invitation (no outcome) and sends the compensation; it crashes; the
+    decider lags: it decides the invitation, and the compensation only after B, the restarted
+    runner (which knows nothing of the give-up), has seen the invitation and asked to complete.
+    The decider refuses the completion (the registration is compensating): that must not leave
+    the registration half done."""
+    keyed = await rig.tenant()
+    rid = uuid.uuid4()
+    first = Transit(rig, rid, hold={"issue_invitation", "compensate"})
+    async with runner(rig, first, HASTY):
+        await submit_envelope(rig.producer, begin(keyed, rid, "late.restart@example.com"))
+        for _ in range(int(DEADLINE_S / 0.1)):
+            if "compensate" in first.held:
+                break
+            await asyncio.sleep(0.1)
+    assert set(first.held) == {"issue_invitation", "compensate"}
+    await first.release("issue_invitation")
+    second = Transit(rig, rid, after={"complete": ["compensate"]}, held=first.held)
+    async with runner(rig, second, PATIENT):
+        row = await settled(rig, keyed, rid, "released")
+    assert (row["status"], row["failed_step"]) == ("failed", "issue_invitation"), dict(row)
+    assert await person(rig.db, keyed.tenant.tenant_id, rid) == {
+        "active": False, "member": False, "invited": False, "held": False,
+    }  # fmt: skip
+    found = await events(rig.brokers)
+    done, undo = expected_events("issue_invitation", "late")
+    assert about(found, rid) == Counter(["UserRegistrationStarted", *done, *undo])
+    assert_in_order(mine(found, rid, undo))
+    refused = [e.payload["reason_code"] for e in found if e.type == "CommandRejected"
+               and e.payload["command_id"] == str(command_id(rid, "complete"))]  # fmt: skip
+    assert refused == ["registration_closed"]  # the race happened as described

@@ -194,3 +194,38 @@ async def test_a_directory_rejection_read_before_its_registration_still_counts()
     (again,) = h.outlet.sent[before:]
     assert again.type == "CompensateRegistration"
     assert again.payload["reason"].startswith("email_taken")
+
+
+async def test_a_runner_restarted_after_giving_up_still_undoes_a_step_decided_late() -> None:
+    """The give-up lives in the runner's memory until its compensation is decided. A decider
+    that lags decides the given-up step late (before the compensation, so it counts and must
+    be undone); a runner restarted meanwhile sees the step done and asks to complete, which
+    the decider refuses once the registration is compensating. That refusal is the expected
+    end of a race, not a stuck registration: the undoing goes on."""
+    h = Harness(world())
+    h.world.begin(T0, start_registration(R0, EMAIL))
+    h.outlet.lose = {"IssueInvitation", "CompensateRegistration"}  # not decided yet
+    await h.rounds(40, step_s=TIMEOUT_S / 4)
+    assert h.sent(R0)[-1] == "CompensateRegistration"
+    invite = next(e for e in h.outlet.sent if e.type == "IssueInvitation")
+    compensate = h.outlet.sent[-1]
+    restarted = h.fresh()
+    h.outlet.lose = ()
+    decide(h.world, invite)  # the late decision, before the compensation
+    h.fold()
+    restarted.caught_up_with_log()
+    await restarted.tick()
+    assert h.sent(R0)[-1] == "CompleteRegistration"
+    decide(h.world, compensate)  # ... which was sent first, so is decided first
+    await h.rounds(10, step_s=TIMEOUT_S / 4)
+    saga = h.world.saga(R0)
+    assert (saga.status, saga.stuck) == ("failed", None)
+    assert saga.failure is not None
+    assert saga.failure[0] == "issue_invitation"
+    assert h.sent(R0)[-5:] == ["RevokeInvitation", "RemoveMembership", "DisableUser",
+                               "ReleaseEmail", "FailRegistration"]  # fmt: skip
+
+
+def decide(found: World, envelope: CommandEnvelope) -> None:
+    body = COMMAND_REGISTRY.decode(envelope.type, envelope.schema_version, envelope.payload)
+    found.submit(envelope.tenant_id, body, envelope.command_id)
