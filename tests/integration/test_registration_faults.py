@@ -143,7 +143,6 @@ class Fault:
     kind: Kind
     held: CommandEnvelope | None = None
     suspended: bool = False
-    sent: list[CommandEnvelope] = field(default_factory=list)
 
     async def __call__(self, envelope: CommandEnvelope) -> None:
         if envelope.command_id == command_id(self.rid, self.step):
@@ -160,7 +159,6 @@ class Fault:
         await self.pass_on(envelope)
 
     async def pass_on(self, envelope: CommandEnvelope) -> None:
-        self.sent.append(envelope)
         await submit_envelope(self.rig.producer, envelope)
 
 
@@ -292,10 +290,8 @@ class Transit:
             await self.release(first)
         await submit_envelope(self.rig.producer, envelope)
 
-    async def release(self, name: str) -> CommandEnvelope:
-        envelope = self.held.pop(name)
-        await submit_envelope(self.rig.producer, envelope)
-        return envelope
+    async def release(self, name: str) -> None:
+        await submit_envelope(self.rig.producer, self.held.pop(name))
 
 
 async def test_a_runner_restarted_after_giving_up_a_step_still_undoes_it_when_decided_late(
