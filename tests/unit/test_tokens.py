@@ -21,7 +21,10 @@ pytestmark = pytest.mark.unit
 SECRET: Final = bytes(range(32))
 USER: Final = uuid.UUID(int=1)
 TENANT: Final = uuid.UUID(int=2)
-NOW: Final = datetime.now(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)  # per call: the tokens expire, and a test run is long
 
 
 def _pem() -> bytes:
@@ -37,13 +40,13 @@ def _part(data: object) -> str:
 
 @pytest.mark.parametrize("keys", [TokenKeys.from_secret_key(SECRET), TokenKeys.eddsa(_pem())])
 def test_a_token_is_valid_for_its_own_use_only(keys: TokenKeys) -> None:
-    access, expires = issue(keys, "access", USER, TENANT, NOW)
+    access, expires = issue(keys, "access", USER, TENANT, _now())
     claims = verify(keys, access, "access")
     assert (claims.user_id, claims.tenant_id, claims.use) == (USER, TENANT, "access")
     assert abs((claims.expires_at - expires).total_seconds()) < 1
     with pytest.raises(InvalidToken):
         verify(keys, access, "refresh")
-    refresh, _ = issue(keys, "refresh", USER, TENANT, NOW)
+    refresh, _ = issue(keys, "refresh", USER, TENANT, _now())
     assert verify(keys, refresh, "refresh").use == "refresh"
     with pytest.raises(InvalidToken):
         verify(keys, refresh, "access")
@@ -51,11 +54,15 @@ def test_a_token_is_valid_for_its_own_use_only(keys: TokenKeys) -> None:
 
 def test_expired_wrong_audience_wrong_issuer_and_foreign_keys_are_refused() -> None:
     keys = TokenKeys.from_secret_key(SECRET)
-    expired, _ = issue(keys, "access", USER, TENANT, NOW - timedelta(seconds=keys.access_ttl_s + 5))
+    expired, _ = issue(
+        keys, "access", USER, TENANT, _now() - timedelta(seconds=keys.access_ttl_s + 5)
+    )
     elsewhere, _ = issue(TokenKeys.from_secret_key(SECRET, audience="x"), "access", USER, TENANT,
-                         NOW)  # fmt: skip
-    stranger, _ = issue(TokenKeys.from_secret_key(SECRET, issuer="x"), "access", USER, TENANT, NOW)
-    foreign, _ = issue(TokenKeys.from_secret_key(bytes(32)), "access", USER, TENANT, NOW)
+                         _now())  # fmt: skip
+    stranger, _ = issue(
+        TokenKeys.from_secret_key(SECRET, issuer="x"), "access", USER, TENANT, _now()
+    )
+    foreign, _ = issue(TokenKeys.from_secret_key(bytes(32)), "access", USER, TENANT, _now())
     for token in (expired, elsewhere, stranger, foreign, "", "a.b.c", "not a token"):
         with pytest.raises(InvalidToken):
             verify(keys, token, "access")
@@ -63,7 +70,7 @@ def test_expired_wrong_audience_wrong_issuer_and_foreign_keys_are_refused() -> N
 
 def test_a_changed_claim_breaks_the_signature() -> None:
     keys = TokenKeys.from_secret_key(SECRET)
-    token, _ = issue(keys, "access", USER, TENANT, NOW)
+    token, _ = issue(keys, "access", USER, TENANT, _now())
     header, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     for change in ({"tid": str(uuid.UUID(int=3))}, {"sub": str(uuid.UUID(int=4))},
@@ -74,7 +81,7 @@ def test_a_changed_claim_breaks_the_signature() -> None:
 
 def test_alg_none_is_refused() -> None:
     keys = TokenKeys.from_secret_key(SECRET)
-    token, _ = issue(keys, "access", USER, TENANT, NOW)
+    token, _ = issue(keys, "access", USER, TENANT, _now())
     payload = token.split(".")[1]
     for alg in ("none", "None", "NONE"):
         with pytest.raises(InvalidToken):
@@ -87,7 +94,7 @@ def test_key_confusion_hs256_signed_with_the_public_key_is_refused() -> None:
     keys = TokenKeys.eddsa(_pem())
     public = keys.verifying_key
     assert not isinstance(public, bytes)
-    good, _ = issue(keys, "access", USER, TENANT, NOW)
+    good, _ = issue(keys, "access", USER, TENANT, _now())
     claims = jwt.decode(good, options={"verify_signature": False})
     for encoding, fmt in (
         (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
