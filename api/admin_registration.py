@@ -98,9 +98,13 @@ async def register(
         command_id = uuid.uuid5(tenant_id, RegisterTenant.model_fields["type"].default)
     else:
         tenant_id = uuid.uuid5(KEYS_NAMESPACE, idempotency_key)
-        api_key = registration_key(secret, tenant_id)
+        fingerprint = _fingerprint(secret, tenant)
+        # The request is in the key's derivation: the same request answers the same key, and
+        # another request under the same Idempotency-Key gets a key no tenant has (never the
+        # existing tenant's, even in a 202 that does not wait for the refusal).
+        api_key = registration_key(secret, tenant_id, fingerprint)
         key_sha256 = api_key_sha256(api_key)
-        command_id = uuid.uuid5(tenant_id, f"RegisterTenant:{_fingerprint(secret, tenant)}")
+        command_id = uuid.uuid5(tenant_id, f"RegisterTenant:{fingerprint}")
     command = RegisterTenant(
         name=tenant.name,
         twilio_account_sid=tenant.account_sid,
@@ -118,10 +122,11 @@ async def register(
     return JSONResponse(answer.model_dump(mode="json"), status_code=202)
 
 
-def registration_key(secret_key: bytes, tenant_id: uuid.UUID) -> str:
-    """The registration key of a tenant registered with an `Idempotency-Key`: derived, so a
-    retry can answer it again though only its SHA-256 is stored anywhere."""
-    raw = derive(secret_key, f"registration key {tenant_id}")
+def registration_key(secret_key: bytes, tenant_id: uuid.UUID, fingerprint: str) -> str:
+    """The registration key of a tenant registered with an `Idempotency-Key`: derived from the
+    tenant and the request, so a retry of that request can answer it again though only its
+    SHA-256 is stored anywhere."""
+    raw = derive(secret_key, f"registration key {tenant_id} {fingerprint}")
     return "zf_" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

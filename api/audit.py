@@ -1,10 +1,10 @@
 """`GET /v1/audit/events`: a tenant's events as NDJSON, checked against its hash chain as they
 stream (issue #7; the procedure for auditors is docs/audit.md).
 
-Tenant-scoped by the API key exactly like the query endpoints: the key's tenant is the only one
-read, and records of other tenants are dropped before anything else (`streams.replay`). The issue
-asks for an `admin` scope; keys have no scopes yet (identity is issue #6), so for now ANY valid
-key of a tenant counts as that tenant's admin here. Restrict this route when scopes exist.
+Tenant-scoped by the credential exactly like the query endpoints: its tenant is the only one
+read, and records of other tenants are dropped before anything else (`streams.replay`). It
+needs the `admin` permission (an admin's or owner's token, a key with the `admin` scope, the
+tenant's registration key; ADR 0019).
 
 The body is what `zapflow replay` writes: one event per line, each the record value exactly as
 it is on the log, then one last line `{"manifest": {…}}`, the manifest `zapflow replay --out`

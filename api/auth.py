@@ -43,7 +43,7 @@ from api.tokens import InvalidToken, TokenKeys, verify
 from events.identity import Role
 from projections import read
 from projections.api_keys import active_key, touch_key
-from projections.people import membership
+from projections.people import standing
 from projections.tenants import tenant_by_api_key_hash
 
 log = logging.getLogger("zapflow.api.auth")
@@ -104,7 +104,7 @@ class Authenticator:
         self._ttl_s = ttl_s
         self._monotonic = monotonic
         self._keys: Expiring[str, Principal | None] = Expiring(MAX_ENTRIES)
-        self._members: Expiring[tuple[UUID, UUID], Role | None] = Expiring(MAX_ENTRIES)
+        self._members: Expiring[tuple[UUID, UUID], tuple[Role, str] | None] = Expiring(MAX_ENTRIES)
         self._last_used: Expiring[tuple[UUID, UUID], None] = Expiring(MAX_ENTRIES)
 
     def is_platform_admin(self, credential: str) -> bool:
@@ -127,17 +127,19 @@ class Authenticator:
             await self._touch(found, now, clock)
         return found
 
-    async def role(self, tenant_id: UUID, user_id: UUID, *, fresh: bool = False) -> Role | None:
-        """The user's role in the tenant if they are an active member (cached briefly unless
-        `fresh`: a new session is never granted from the cache)."""
+    async def standing(
+        self, tenant_id: UUID, user_id: UUID, *, fresh: bool = False
+    ) -> tuple[Role, str] | None:
+        """(role, password version) if the user is an active member of the tenant (cached
+        briefly unless `fresh`: a new session is never granted from the cache)."""
         clock = self._monotonic()
         hit = None if fresh else self._members.fresh((tenant_id, user_id), clock)
         if hit is not None:
             return hit[1]
         async with read.tenant_scope(self._reader, tenant_id) as conn:
-            role = await membership(conn, tenant_id, user_id)
-        self._members.put((tenant_id, user_id), role, clock + self._ttl_s)
-        return role
+            found = await standing(conn, tenant_id, user_id)
+        self._members.put((tenant_id, user_id), found, clock + self._ttl_s)
+        return found
 
     async def _user(self, token: str) -> Principal | None:
         try:
@@ -145,9 +147,10 @@ class Authenticator:
         except InvalidToken as exc:
             log.info("access token refused: %s", exc)
             return None
-        role = await self.role(claims.tenant_id, claims.user_id)
-        if role is None:
-            return None
+        found = await self.standing(claims.tenant_id, claims.user_id)
+        if found is None or found[1] != claims.password_version:
+            return None  # not a member now, or the password changed since the session began
+        role = found[0]
         return Principal(claims.tenant_id, "user", claims.user_id, ROLE_PERMISSIONS[role], role)
 
     async def _key(self, credential: str, digest: str) -> Principal | None:

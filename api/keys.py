@@ -91,6 +91,10 @@ async def create_key(
     wait_s: admin.Timeout = 10.0,
 ) -> CreatedApiKey:
     container: Container = request.app.state.container
+    if principal.kind == "api_key" and not set(payload.scopes) <= principal.permissions:
+        # The decider ranks a user's key by its creator's role (`by`); a key acts with `by`
+        # none, so the API keeps it from minting a key wider than itself.
+        raise ApiError(409, "role_not_allowed", "a key cannot make a key with scopes it lacks")
     tenant, key_id = principal.tenant_id, uuid.uuid4()
     secret = generate(tenant)
     command = admin.build(lambda: CreateApiKey(

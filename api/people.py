@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from api import admin_commands as admin
 from api import commanding
-from api.auth import Administrator, Principal
+from api.auth import ROLE_PERMISSIONS, Administrator, Principal
 from api.container import Container
 from api.errors import ApiError
 from commands.identity import RANK
@@ -233,6 +233,8 @@ def _reach(principal: Principal, role: Role) -> None:
     rank: Role = principal.role or ("owner" if principal.kind == "tenant_key" else "admin")
     if RANK[rank] < RANK[role]:
         raise ApiError(409, "role_not_allowed", f"a {rank} cannot grant or touch an {role}")
+    if principal.kind == "api_key" and not ROLE_PERMISSIONS[role] <= principal.permissions:
+        raise ApiError(409, "role_not_allowed", f"a key without all of {role}'s scopes")
 
 
 async def _known(request: Request, principal: Principal, raw_id: str) -> uuid.UUID:

@@ -16,6 +16,7 @@ the token against the log, and the answer waits (bounded) for its outcome, then 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from datetime import datetime
@@ -36,7 +37,7 @@ from commands.users import ChangePassword
 from events.identity import Role
 from events.registration import PLATFORM_TENANT_ID
 from projections import read
-from projections.people import credentials
+from projections.people import credentials, password_version
 from projections.registrations import holder
 
 log = logging.getLogger("zapflow.api.sessions")
@@ -44,6 +45,7 @@ router = APIRouter(prefix="/v1/auth", tags=["sessions"])
 
 WAIT_S: Final = 10.0
 _REFUSED: Final = "the e-mail, password or token is not valid"
+_NOT_VALID: Final = "the e-mail or token is not valid, has expired or was used"
 
 type EmailText = Annotated[
     str,
@@ -112,13 +114,17 @@ async def refresh(request: Request, body: Refresh) -> Session:
     except InvalidToken as exc:
         log.info("refresh token refused: %s", exc)
         raise ApiError(401, "invalid_credentials", _REFUSED) from None
-    return await _session(container, claims.tenant_id, claims.user_id)
+    return await _session(container, claims.tenant_id, claims.user_id, claims.password_version)
 
 
 _SETTERS: Final[dict[int | str, dict[str, Any]]] = {
     **_REFUSALS,
     202: {"model": Pending, "description": "Recorded, not decided yet: log in shortly."},
-    409: {"model": ErrorBody, "description": "Refused: invalid, expired or used token."},
+    409: {
+        "model": ErrorBody,
+        "description": "`invalid_token`: an unknown e-mail, a wrong, "
+        "expired or used token, a disabled user (one answer for all).",
+    },
 }
 
 
@@ -150,7 +156,7 @@ async def _set_password(
         raise ApiError(400, "weak_password", str(exc)) from None
     found = await _holder(container, body.email)
     if found is None:
-        raise ApiError(409, f"invalid_{through}", f"no such {through}")
+        raise ApiError(409, "invalid_token", _NOT_VALID)
     tenant_id, user_id = found
     token = hashlib.sha256(body.token.encode()).hexdigest()
     command = ChangePassword(
@@ -160,10 +166,28 @@ async def _set_password(
         reset_token_sha256=token if through == "reset" else None,
     )
     command_id = await commanding.submit(container, tenant_id, command)
-    if await commanding.outcome(container, tenant_id, command_id, WAIT_S) == "pending":
+    try:
+        outcome = await commanding.outcome(container, tenant_id, command_id, WAIT_S)
+    except ApiError as refused:  # one answer for every reason: it must not tell who exists
+        log.info("%s refused for tenant %s: %s", through, tenant_id, refused.code)
+        raise ApiError(409, "invalid_token", _NOT_VALID) from None
+    if outcome == "accepted":  # and once the read model has it: the session carries it
+        outcome = await _shown(container, tenant_id, user_id, password_version(password_hash))
+    if outcome == "pending":
         pending = Pending(detail="the new password is recorded but not decided yet")
         return JSONResponse(pending.model_dump(), status_code=202)
     return await _session(container, tenant_id, user_id)
+
+
+async def _shown(
+    container: Container, tenant_id: UUID, user_id: UUID, version: str
+) -> Literal["accepted", "pending"]:
+    for _ in range(int(WAIT_S / 0.1)):
+        found = await container.authenticator.standing(tenant_id, user_id, fresh=True)
+        if found is not None and found[1] == version:
+            return "accepted"
+        await asyncio.sleep(0.1)
+    return "pending"
 
 
 async def _holder(container: Container, email: str) -> tuple[UUID, UUID] | None:
@@ -171,16 +195,20 @@ async def _holder(container: Container, email: str) -> tuple[UUID, UUID] | None:
         return await holder(conn, email)
 
 
-async def _session(container: Container, tenant_id: UUID, user_id: UUID) -> Session:
-    """Tokens for an active member (their role read now), else the uniform 401."""
+async def _session(
+    container: Container, tenant_id: UUID, user_id: UUID, renewing: str | None = None
+) -> Session:
+    """Tokens for an active member (their role read now), else the uniform 401; `renewing`: the
+    password version of the refresh token, which must still be the user's."""
     authenticator: Authenticator = container.authenticator
-    role = await authenticator.role(tenant_id, user_id, fresh=True)
-    if role is None:
+    found = await authenticator.standing(tenant_id, user_id, fresh=True)
+    if found is None or (renewing is not None and renewing != found[1]):
         raise ApiError(401, "invalid_credentials", _REFUSED)
+    role, version = found
     now: datetime = container.clock()
     keys = authenticator.keys
-    access, _ = issue(keys, "access", user_id, tenant_id, now)
-    renewal, _ = issue(keys, "refresh", user_id, tenant_id, now)
+    access, _ = issue(keys, "access", user_id, tenant_id, now, version)
+    renewal, _ = issue(keys, "refresh", user_id, tenant_id, now, version)
     log.info("session issued: tenant=%s user=%s role=%s", tenant_id, user_id, role)
     return Session(
         access_token=access,

@@ -84,10 +84,17 @@ class Claims:
     tenant_id: uuid.UUID
     use: TokenUse
     expires_at: datetime
+    password_version: str = ""
+    """`pwv`: the user's password version when the session began (a changed password ends it)."""
 
 
 def issue(
-    keys: TokenKeys, use: TokenUse, user_id: uuid.UUID, tenant_id: uuid.UUID, now: datetime
+    keys: TokenKeys,
+    use: TokenUse,
+    user_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    now: datetime,
+    password_version: str = "",
 ) -> tuple[str, datetime]:
     """A signed token for `use`, and when it expires."""
     ttl = keys.access_ttl_s if use == "access" else keys.refresh_ttl_s
@@ -102,6 +109,7 @@ def issue(
         "nbf": int(now.timestamp()),
         "exp": int(expires.timestamp()),
         "jti": str(uuid.uuid4()),
+        "pwv": password_version,
     }
     return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm), expires
 
@@ -127,6 +135,7 @@ def verify(keys: TokenKeys, token: str, use: TokenUse) -> Claims:
             uuid.UUID(claims["tid"]),
             use,
             datetime.fromtimestamp(claims["exp"], tz=UTC),
+            str(claims.get("pwv", "")),
         )
     except jwt.PyJWTError as exc:
         raise InvalidToken(type(exc).__name__) from None

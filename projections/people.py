@@ -8,6 +8,7 @@ here returns a password hash or a token hash, except `credentials`, which login 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, cast
@@ -142,6 +143,28 @@ async def user(conn: Conn, tenant_id: UUID, user_id: UUID) -> User | None:
         "WHERE tenant_id = $1 AND user_id = $2", tenant_id, user_id,
     )  # fmt: skip
     return None if row is None else User(**dict(row))
+
+
+async def standing(conn: Conn, tenant_id: UUID, user_id: UUID) -> tuple[Role, str] | None:
+    """(role, password version) of an active user who is a member now, else None (RLS: the
+    tenant set). The version is a short digest of the password hash: sessions carry it, so a
+    password change ends every session made before it."""
+    row = await conn.fetchrow(
+        "SELECT m.role, u.password_hash FROM public.memberships m "
+        "JOIN public.users u USING (tenant_id, user_id) "
+        "WHERE m.tenant_id = $1 AND m.user_id = $2 AND m.removed_at IS NULL AND u.active",
+        tenant_id, user_id,
+    )  # fmt: skip
+    if row is None:
+        return None
+    return cast(Role, row["role"]), password_version(row["password_hash"])
+
+
+def password_version(password_hash: str | None) -> str:
+    """ "" until a password is set; then 16 hex digits of the hash's SHA-256."""
+    if password_hash is None:
+        return ""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
 async def membership(conn: Conn, tenant_id: UUID, user_id: UUID) -> Role | None:

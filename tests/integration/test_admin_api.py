@@ -92,6 +92,12 @@ async def test_a_registered_tenant_uses_its_key_at_once_and_a_retry_is_the_same_
                        json={**body, "name": "Outra"})  # fmt: skip
     assert other.status_code == 409, other.text
     assert other.json()["error"] == "idempotency_key_reused"
+    unwaited = await call(client, "POST", "/v1/admin/tenants?wait=false", headers=once,
+                          json={**body, "name": "Outra"})  # fmt: skip
+    assert unwaited.status_code == 202, unwaited.text
+    assert unwaited.json()["api_key"] != made["api_key"]  # never the existing tenant's key
+    refused = {"Authorization": f"Bearer {unwaited.json()['api_key']}"}
+    assert (await call(client, "GET", "/v1/conversations", headers=refused)).status_code == 401
 
     registered = [e for e in await events(fresh_broker) if e.type == "TenantRegistered"]
     assert [e.tenant_id for e in registered].count(tenant_id) == 1

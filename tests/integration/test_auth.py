@@ -370,7 +370,10 @@ async def test_an_invitation_and_a_password_reset_set_passwords_through_the_log(
     assert refused.status_code == 401  # no password yet
     accept = "/v1/auth/invitations/accept"
     wrong = await _post(client, accept, {"email": email, "token": "nope", "password": PASSWORD})
-    assert (wrong.status_code, wrong.json()["error"]) == (409, "invalid_invitation")
+    assert (wrong.status_code, wrong.json()["error"]) == (409, "invalid_token")
+    nobody = {"email": "nobody@example.com", "token": "nope", "password": PASSWORD}
+    unknown = await _post(client, accept, nobody)
+    assert (unknown.status_code, unknown.json()) == (409, wrong.json())  # one answer for both
     weak = await _post(client, accept, {"email": email, "token": invitation, "password": "short"})
     assert (weak.status_code, weak.json()["error"]) == (400, "weak_password")
     accepted = await _post(
@@ -380,8 +383,9 @@ async def test_an_invitation_and_a_password_reset_set_passwords_through_the_log(
     assert accepted.json()["role"] == "operator"
     await _until(db, "SELECT 1 FROM users WHERE email = $1 AND password_hash IS NOT NULL", email)
     again = await _post(client, accept, {"email": email, "token": invitation, "password": "x" * 12})
-    assert (again.status_code, again.json()["error"]) == (409, "invitation_used")
-    user = uuid.UUID(_login(client, email)["user_id"])
+    assert (again.status_code, again.json()["error"]) == (409, "invalid_token")
+    before = _login(client, email)
+    user = uuid.UUID(before["user_id"])
 
     reset = secrets.token_urlsafe(24)
     await produce(fresh_broker, command_envelope(tenant, RequestPasswordReset.model_validate({
@@ -400,6 +404,13 @@ async def test_an_invitation_and_a_password_reset_set_passwords_through_the_log(
         == 401
     )
     assert _login(client, email, new)["user_id"] == str(user)
+    # The new password ends every session made before it: the old tokens are refused.
+    stale = await _post(client, "/v1/auth/refresh", {"refresh_token": before["refresh_token"]})
+    assert stale.status_code == 401
+    me = await asyncio.to_thread(
+        client.get, "/v1/me", headers={"Authorization": f"Bearer {before['access_token']}"}
+    )
+    assert me.status_code == 401
     text = " ".join(json.dumps(e.payload) for e in await events(fresh_broker))
     assert "PasswordChanged" in " ".join(e.type for e in await events(fresh_broker))
     for secret in (invitation, reset, PASSWORD, new):

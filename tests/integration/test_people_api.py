@@ -386,3 +386,22 @@ async def test_a_scoped_admin_key_reaches_no_further_than_an_admin(people: Peopl
     assert (promoted.status_code, promoted.json()["error"]) == (409, "role_not_allowed")
     boss_now = (await members(client, a))["boss@example.com"]
     assert (boss_now["role"], boss_now["active"]) == ("owner", True)
+
+
+async def test_a_key_cannot_mint_a_wider_key_or_grant_a_role_beyond_its_scopes(
+    people: People,
+) -> None:
+    client, a, _ = people
+    made = await call(client, "POST", "/v1/api-keys", a, json={"name": "scim", "scopes": ["admin"]})
+    assert made.status_code == 201, made.text
+    narrow = made.json()["key"]
+    wider = await call(client, "POST", "/v1/api-keys", narrow,
+                       json={"name": "x", "scopes": ["read", "operate", "admin"]})  # fmt: skip
+    assert (wider.status_code, wider.json()["error"]) == (409, "role_not_allowed")
+    invite = await call(client, "POST", "/v1/users", narrow,
+                        json={"email": "op@example.com", "role": "operator"})  # fmt: skip
+    assert (invite.status_code, invite.json()["error"]) == (409, "role_not_allowed")
+    same = await call(
+        client, "POST", "/v1/api-keys", narrow, json={"name": "y", "scopes": ["admin"]}
+    )
+    assert same.status_code == 201, same.text
