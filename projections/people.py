@@ -167,16 +167,6 @@ def password_version(password_hash: str | None) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
-async def membership(conn: Conn, tenant_id: UUID, user_id: UUID) -> Role | None:
-    """The role of an active user who is a member now, else None (RLS: the tenant set)."""
-    role: str | None = await conn.fetchval(
-        "SELECT m.role FROM public.memberships m JOIN public.users u USING (tenant_id, user_id) "
-        "WHERE m.tenant_id = $1 AND m.user_id = $2 AND m.removed_at IS NULL AND u.active",
-        tenant_id, user_id,
-    )  # fmt: skip
-    return cast(Role | None, role)
-
-
 async def members(conn: Conn, tenant_id: UUID) -> list[Member]:
     """The tenant's members now, by e-mail, inside a transaction with the tenant set (RLS)."""
     return [
