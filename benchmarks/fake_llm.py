@@ -1,12 +1,14 @@
 """A minimal OpenAI Chat Completions server for the end-to-end benchmark, run as its own process.
 
 `python -m benchmarks.fake_llm --port P [--delay-s S]` answers `POST /v1/chat/completions` with
-a plain assistant message after S seconds (0: at once), echoing the `[m:…]` marker of the last
-user message so that the reply Twilio receives can be matched to the inbound message that
-caused it. It sends what the real `openai` SDK needs to accept an answer (the fields of
-tests/integration/fake_openai.py's completions, `x-request-id`), and nothing else: no auth
-check, no scripting, no tool calls. `POST /_bench/delay` with `{"delay_s": S}` changes the delay
-for later requests; `GET /_bench/stats` returns how many completions were answered.
+a plain assistant message after S seconds (0: at once), echoing the `[m:…]` markers of the user
+messages after the last assistant message (the newest last) so that the reply Twilio receives
+can be matched to the inbound messages it answers: the one that caused the turn and any that
+came while the conversation's previous turn ran. It sends what the real `openai` SDK needs to
+accept an answer (the fields of tests/integration/fake_openai.py's completions,
+`x-request-id`), and nothing else: no auth check, no scripting, no tool calls.
+`POST /_bench/delay` with `{"delay_s": S}` changes the delay for later requests;
+`GET /_bench/stats` returns how many completions were answered.
 
 HTTP/1.1 over asyncio streams (keep-alive, Content-Length bodies only), so that it costs the
 two shared cores as little as possible; the benchmark's platform processes need them.
@@ -45,13 +47,22 @@ def marker_of(text: str) -> str:
     return found.group(0) if found else ""
 
 
+def unanswered_markers(messages: list[dict[str, Any]]) -> list[str]:
+    """The markers of the user messages after the last assistant message, oldest first: the
+    messages this turn is the first to see (one, or a burst that came during the last turn)."""
+    found: list[str] = []
+    for message in reversed(messages):
+        if message.get("role") == "assistant":
+            break
+        if message.get("role") == "user" and (marker := marker_of(str(message.get("content")))):
+            found.append(marker)
+    return found[::-1]
+
+
 def completion(request: dict[str, Any]) -> dict[str, Any]:
-    """A chat.completion answering the last user message with its marker echoed."""
+    """A chat.completion answering the messages since the last reply, their markers echoed."""
     messages = request.get("messages") or []
-    last = next(
-        (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
-    )
-    content = f"{REPLY} {marker_of(last)}".strip()
+    content = " ".join([REPLY, *unanswered_markers(messages)])
     prompt = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
     answer = len(content) // 4 + 1
     return {

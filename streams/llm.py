@@ -25,6 +25,7 @@ from uuid import UUID
 
 import openai
 import orjson
+from openai.types.chat import ChatCompletion
 
 from events.conversation import ToolCall
 from events.tenant import AgentSettings
@@ -173,11 +174,16 @@ class OpenAIChat:
     ) -> None:  # fmt: skip
         settings = request.settings
         for _ in range(MAX_TOOL_ROUNDS + 1):
-            options: dict[str, Any] = {"tools": tools} if tools else {}
-            completion = await self.client.chat.completions.create(
-                model=request.model, messages=messages,  # type: ignore[arg-type]  # plain dicts
-                temperature=settings.temperature, max_tokens=settings.max_tokens, **options,
-            )  # fmt: skip
+            body: dict[str, Any] = {"model": request.model, "messages": messages,
+                                    "temperature": settings.temperature,
+                                    "max_tokens": settings.max_tokens}  # fmt: skip
+            if tools:
+                body["tools"] = tools
+            # The SDK's own POST (its retries, timeouts, errors and typed answer) without
+            # `chat.completions.create`'s re-typing of a body that is plain JSON already:
+            # 1.6 ms of CPU a call instead of 3.7-4.3 ms (ADR 0013).
+            completion = await self.client.post("/chat/completions", body=body,
+                                                cast_to=ChatCompletion)  # fmt: skip
             if completion.usage is not None:
                 result.tokens_in += completion.usage.prompt_tokens
                 result.tokens_out += completion.usage.completion_tokens

@@ -1,0 +1,53 @@
+"""The end-to-end benchmark's own arithmetic: which messages a fake reply answers, and the
+latencies the one-turn-at-a-time design allows (BENCHMARKS.md quotes both)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.e2e_bench import Planned, one_turn_at_a_time
+from benchmarks.fake_llm import completion, unanswered_markers
+
+
+def _planned(conversation: int, *times: float) -> list[Planned]:
+    return [Planned(at, f"c{conversation}-{k}", f"SM{conversation}{k}", "whatsapp:+1", conversation,
+                    k, True, "") for k, at in enumerate(times)]  # fmt: skip
+
+
+def test_a_reply_answers_the_messages_since_the_last_reply() -> None:
+    messages = [
+        {"role": "system", "content": "be kind [m:not-a-user]"},
+        {"role": "user", "content": "hi [m:a]"},
+        {"role": "assistant", "content": "hello [m:a]"},
+        {"role": "user", "content": "order? [m:b]"},
+        {"role": "user", "content": "no marker"},
+        {"role": "user", "content": "where is it [m:c]"},
+    ]
+    assert unanswered_markers(messages) == ["[m:b]", "[m:c]"]
+    answer = completion({"messages": messages, "model": "m"})
+    assert answer["choices"][0]["message"]["content"].endswith("[m:b] [m:c]")
+
+
+def test_a_first_turn_answers_every_message_so_far() -> None:
+    messages = [{"role": "user", "content": "[m:x]"}, {"role": "user", "content": "[m:y]"}]
+    assert unanswered_markers(messages) == ["[m:x]", "[m:y]"]
+
+
+def test_messages_during_a_turn_wait_for_it_and_share_the_next() -> None:
+    # model 1 s, hops free: the first turn runs 0-1 s; the messages at 0.3 s and 0.6 s wait for
+    # it and are answered together at 2 s.
+    latencies = one_turn_at_a_time(_planned(0, 0.0, 0.3, 0.6), model_s=1.0, hop_s=0.0)
+    assert latencies == pytest.approx([1000.0, 1700.0, 1400.0])
+
+
+def test_hops_delay_each_turn_and_add_up_across_turns() -> None:
+    # A message a second, model 1 s, hops of 10 ms: a turn starts 20 ms after its message (or
+    # after the previous outcome is back), so each following turn starts 20 ms later than the
+    # one before relative to its message.
+    latencies = one_turn_at_a_time(_planned(0, 0.0, 1.0, 2.0), model_s=1.0, hop_s=0.01)
+    assert latencies == pytest.approx([1040.0, 1060.0, 1080.0])
+
+
+def test_conversations_do_not_wait_for_each_other() -> None:
+    planned = _planned(0, 0.0) + _planned(1, 0.0)
+    assert one_turn_at_a_time(planned, model_s=1.0, hop_s=0.0) == pytest.approx([1000.0, 1000.0])
