@@ -12,8 +12,12 @@ Turns run concurrently up to `max_in_flight` (backpressure: further due turns wa
 one at a time per conversation. A turn's result goes to the decider as `RecordAgentTurn`, whose
 command id is derived from (conversation, message): a turn run twice (a crash after sending it)
 is one command, and the decider keeps at most one outcome per message anyway (ADR 0007). A
-message that arrives while its conversation's turn is running gets a turn of its own once that
-one's outcome is decided (so the earlier reply is in its history): every message is answered.
+message that arrives while its conversation's turn is running gets a turn of its own after it,
+with the earlier reply in its history: every message is answered. It need not wait for the
+decider's round trip: once the earlier turn's result is in the log, its reply is placed in the
+history provisionally (taken out again if the decider discards that turn, which then discards
+the next one too, as the conversation changed). Only a fallback, a hand-off or a close waits
+for the decision.
 
 A suspended tenant's turns are held, not run (ADR 0018): the suspension is folded from the log,
 a due turn of that tenant calls no model and records nothing, and waits for `TenantReactivated`;
@@ -53,7 +57,7 @@ from events.envelope import EventEnvelope
 from events.tenant import AgentConfigured, AgentSettings, TenantReactivated, TenantSuspended
 from projections import agents as agent_store
 from streams import kafka
-from streams.llm import FaqAgent, Model, Role, TurnRequest, TurnResult
+from streams.llm import CLOSE, HANDOFF, FaqAgent, Model, Role, TurnRequest, TurnResult
 from streams.log import follow, stop_within, submit
 from streams.topics import EVENTS
 
@@ -95,7 +99,12 @@ class AgentConversation:
     """Outbound id of a turn's reply → the message the turn answered (until the reply is seen)."""
     submitted: dict[str, float] = field(default_factory=dict)
     """Messages whose turn this process sent to the decider (not yet seen decided), and when.
-    The conversation's next turn waits for that outcome, so it sees the reply in its history."""
+    The conversation's next turn waits for that outcome, so it sees the reply in its history,
+    unless the reply is already there provisionally (`provisional`)."""
+    provisional: dict[str, Said] = field(default_factory=dict)
+    """Message → the reply its turn sent to the decider, placed in the history when the model
+    answered rather than when the decider's `OutboundMessageRequested` is read, so the next turn
+    need not wait for the decision (ADR 0014); taken out again if the turn is discarded."""
 
     def remember(self, event: ConversationEvent) -> None:
         self.state = conv.evolve(self.state, event)
@@ -103,12 +112,31 @@ class AgentConversation:
             case InboundMessageReceived():
                 self.history.append(Said("user", event.body, event.message_sid))
             case OutboundMessageRequested() if event.body:
-                _place(self, Said("assistant", event.body),
-                       self.replies_to.pop(event.outbound_id, None))  # fmt: skip
+                trigger = self.replies_to.pop(event.outbound_id, None)
+                placed = self.provisional.pop(trigger, None) if trigger is not None else None
+                if placed is None or placed.text != event.body:
+                    self._unplace(placed)
+                    _place(self, Said("assistant", event.body), trigger)
             case AgentReplied() if event.outbound_id is not None:
                 self.replies_to[event.outbound_id] = event.trigger_message_sid
+            case AgentReplied() | AgentTurnDiscarded():
+                self._unplace(self.provisional.pop(event.trigger_message_sid, None))
             case _:
                 pass
+
+    def place_provisionally(self, trigger: str, reply: str) -> None:
+        """The reply of `trigger`'s turn, sent to the decider and not yet seen decided."""
+        said = Said("assistant", reply)
+        _place(self, said, trigger)
+        self.provisional[trigger] = said
+
+    def _unplace(self, said: Said | None) -> None:
+        if said is None:
+            return
+        for i, entry in enumerate(self.history):
+            if entry is said:
+                del self.history[i]
+                return
 
 
 @dataclass(slots=True)
@@ -251,6 +279,11 @@ class AgentRunner:
                          extra={"tenant_id": str(found.tenant_id)})  # fmt: skip
                 return
             await self._record(cid, found.tenant_id, trigger, result)
+            if trigger in found.submitted and pipelines(result):
+                assert result.reply is not None  # for mypy: `pipelines` checked it
+                found.place_provisionally(trigger, result.reply)
+                if found.state.last_inbound_sid != trigger:  # came during this turn: its turn
+                    self.due.setdefault(cid, self.clock())
         except Exception:
             found.submitted.pop(trigger, None)  # not sent: a later look retries it
             log.exception("agent turn failed", extra={"tenant_id": str(found.tenant_id)})
@@ -307,11 +340,23 @@ def _waiting(found: AgentConversation, now: float) -> bool:
     open (an older message is past answering: no model call)."""
     state, trigger = found.state, found.state.last_inbound_sid
     window = state.window_open_until
-    if any(now - at < OUTCOME_WAIT_S for at in found.submitted.values()):
+    if any(now - at < OUTCOME_WAIT_S for sid, at in found.submitted.items()
+           if sid == trigger or sid not in found.provisional):  # fmt: skip
         return False
     return (
         trigger is not None and state.started and state.state == "bot" and not state.opted_out
         and trigger not in state.answered and window is not None and datetime.now(UTC) < window
+    )  # fmt: skip
+
+
+def pipelines(result: TurnResult) -> bool:
+    """Whether the conversation's next turn may start before this one's outcome is decided: a
+    plain reply, which the decider records as it is unless the conversation changed meanwhile
+    (and then it discards the next turn too). A fallback, a hand-off or a close changes the
+    conversation: the next turn waits for the decision."""
+    return (
+        result.reply is not None and result.fallback_reason is None
+        and not any(c.accepted and c.name in (HANDOFF, CLOSE) for c in result.tool_calls)
     )  # fmt: skip
 
 
