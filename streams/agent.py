@@ -261,29 +261,39 @@ class AgentRunner:
                 continue
             await self.slots.acquire()
             self.running.add(cid)
-            trigger = found.state.last_inbound_sid
-            assert trigger is not None
+            trigger = _newest(found)
             found.submitted[trigger] = self.clock()
             task = asyncio.create_task(self._turn(cid, found, trigger))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     async def _turn(self, cid: str, found: AgentConversation, trigger: str) -> None:
+        """The conversation's turn for `trigger`, then (pipelined) the turn of a message that
+        came during it, in the same task and slot, without waiting for the loop's next tick."""
         try:
-            result = await self._result(found, trigger)
-            tenant = self.tenants[found.tenant_id]
-            if tenant.suspended:  # suspended during the model call: the decider would discard
-                found.submitted.pop(trigger, None)
-                tenant.held.add(cid)
-                log.info("agent turn held: the tenant was suspended during it",
-                         extra={"tenant_id": str(found.tenant_id)})  # fmt: skip
-                return
-            await self._record(cid, found.tenant_id, trigger, result)
-            if trigger in found.submitted and pipelines(result):
+            while True:
+                result = await self._result(found, trigger)
+                tenant = self.tenants[found.tenant_id]
+                if tenant.suspended:  # suspended during the model call: the decider discards
+                    found.submitted.pop(trigger, None)
+                    tenant.held.add(cid)
+                    log.info("agent turn held: the tenant was suspended during it",
+                             extra={"tenant_id": str(found.tenant_id)})  # fmt: skip
+                    return
+                await self._record(cid, found.tenant_id, trigger, result)
+                if trigger not in found.submitted or not pipelines(result):
+                    return
                 assert result.reply is not None  # for mypy: `pipelines` checked it
                 found.place_provisionally(trigger, result.reply)
-                if found.state.last_inbound_sid != trigger:  # came during this turn: its turn
-                    self.due.setdefault(cid, self.clock())
+                if found.state.last_inbound_sid == trigger:
+                    return
+                now = self.clock()  # a message came during this turn: its turn, now or when due
+                if (self.due.setdefault(cid, now) > now or tenant.suspended
+                        or not _waiting(found, now)):  # fmt: skip
+                    return  # the loop's tick takes it: a debounce window open, or held
+                del self.due[cid]
+                trigger = _newest(found)
+                found.submitted[trigger] = now
         except Exception:
             found.submitted.pop(trigger, None)  # not sent: a later look retries it
             log.exception("agent turn failed", extra={"tenant_id": str(found.tenant_id)})
@@ -347,6 +357,13 @@ def _waiting(found: AgentConversation, now: float) -> bool:
         trigger is not None and state.started and state.state == "bot" and not state.opted_out
         and trigger not in state.answered and window is not None and datetime.now(UTC) < window
     )  # fmt: skip
+
+
+def _newest(found: AgentConversation) -> str:
+    """The message a due turn answers (`_waiting` said there is one)."""
+    trigger = found.state.last_inbound_sid
+    assert trigger is not None
+    return trigger
 
 
 def pipelines(result: TurnResult) -> bool:

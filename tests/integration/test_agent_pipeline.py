@@ -78,20 +78,23 @@ class Log:
 
 
 @asynccontextmanager
-async def driven(brokers: str, server: FakeOpenAI) -> AsyncIterator[tuple[AgentRunner, Log]]:
-    """A runner whose loop ticks in the background; the test folds the log into it."""
+async def driven(
+    brokers: str, server: FakeOpenAI, *, ticks: bool = True, debounce_s: float = 0.0
+) -> AsyncIterator[tuple[AgentRunner, Log]]:
+    """A runner whose loop ticks in the background (unless `ticks` is False: the test ticks
+    it); the test folds the log into it."""
     producer = kafka.producer(brokers)
     await producer.start()
     client = openai.AsyncOpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0,
                                 timeout=10.0)  # fmt: skip
     runner = AgentRunner(producer, None, OpenAIChat(client),
-                         AgentOptions(debounce_s=0.0, max_in_flight=8))  # fmt: skip
+                         AgentOptions(debounce_s=debounce_s, max_in_flight=8))  # fmt: skip
     runner.schedule_pending()  # caught up with an empty log
     log = Log(runner)
     log.append(ConversationStarted(conversation_id=CID, contact=CONTACT, sender=SENDER))
 
     async def ticking() -> None:
-        while True:
+        while ticks:
             await runner.tick()
             await asyncio.sleep(0.01)
 
@@ -179,3 +182,31 @@ async def test_after_a_fallback_the_next_turn_waits_for_the_decision(
         assert not await _until(lambda: len(llm.requests) == 2, 1.5)
         log.replied("SM1", "fallback")  # the decision (a hand-off would also discard SM2's)
         assert await _until(lambda: len(llm.requests) == 2, 5.0)
+
+
+async def test_the_next_turn_runs_in_the_same_task_without_waiting_for_a_tick(
+    fresh_broker: str, llm: FakeOpenAI
+) -> None:
+    llm.script.extend([fake.Scripted(content="resposta 1", delay_s=0.5),
+                       fake.text("resposta 2")])  # fmt: skip
+    async with driven(fresh_broker, llm, ticks=False) as (runner, log):
+        log.inbound("SM1", "primeira")
+        await runner.tick()  # the only tick: it starts SM1's turn
+        assert await _until(lambda: len(llm.requests) == 1, 5.0)
+        log.inbound("SM2", "segunda")
+        assert await _until(lambda: len(llm.requests) == 2, 5.0), "SM2 waited for a tick"
+        assert await _until(lambda: not runner.running, 5.0)
+
+
+async def test_a_message_during_a_turn_still_keeps_its_debounce_window(
+    fresh_broker: str, llm: FakeOpenAI
+) -> None:
+    llm.script.extend([fake.Scripted(content="resposta 1", delay_s=0.3),
+                       fake.text("resposta 2")])  # fmt: skip
+    async with driven(fresh_broker, llm, debounce_s=1.0) as (_, log):
+        log.inbound("SM1", "primeira")
+        assert await _until(lambda: len(llm.requests) == 1, 5.0)
+        sent = time.monotonic()
+        log.inbound("SM2", "segunda")  # its window ends 1 s from now, after SM1's turn
+        assert await _until(lambda: len(llm.requests) == 2, 5.0)
+        assert time.monotonic() - sent >= 0.9, "the burst window was cut short"
