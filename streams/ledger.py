@@ -100,7 +100,23 @@ class Ledger:
 
     @contextlib.asynccontextmanager
     async def _tenant(self, tenant_id: UUID) -> AsyncIterator[Conn]:
-        """A connection in a transaction whose `app.tenant_id` is `tenant_id`."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
-            yield conn
+        """A connection in a transaction whose `app.tenant_id` is `tenant_id`: BEGIN and the
+        setting in one round trip (a simple query; the id is a UUID's own text, nothing
+        quoted from outside), then the statement, then COMMIT (ROLLBACK if it raised)."""
+        tenant = str(UUID(str(tenant_id)))
+        async with self.pool.acquire() as conn:
+            await conn.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{tenant}', true)")
+            try:
+                yield conn
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+
+async def keep_session(conn: Conn) -> None:
+    """The ledger pool's reset on release: nothing beyond asyncpg's own rollback of a
+    transaction left open. The ledger sets `app.tenant_id` transaction-locally only and takes no
+    session locks, cursors or LISTENs, so the default reset (RESET ALL and the rest: a round
+    trip on every release) has nothing to undo."""
+    del conn

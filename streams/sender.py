@@ -65,7 +65,7 @@ from events.tenant import (
 )
 from projections.credentials import SecretError, decrypt_secret
 from streams import kafka
-from streams.ledger import Ledger, Part
+from streams.ledger import Ledger, Part, keep_session
 from streams.log import follow, stop_within, submit
 from streams.rate import Limits
 from streams.topics import EVENTS, is_shadow
@@ -508,7 +508,7 @@ async def _serve(
     producer = kafka.producer(bootstrap_servers)
     consumer = kafka.groupless_consumer(bootstrap_servers, max_partition_fetch_bytes=1 << 20)
     pool = await asyncpg.create_pool(
-        database_url, min_size=1, max_size=min(20, options.max_in_flight + 2)
+        database_url, min_size=1, max_size=min(20, options.max_in_flight + 2), reset=keep_session
     )
     http = HttpxTwilioClient(options.twilio_api_url, options.timeout_s, options.max_in_flight)
     await producer.start()

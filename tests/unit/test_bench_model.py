@@ -36,18 +36,21 @@ def test_a_first_turn_answers_every_message_so_far() -> None:
 def test_messages_during_a_turn_wait_for_it_and_share_the_next() -> None:
     # model 1 s, hops free: the first turn runs 0-1 s; the messages at 0.3 s and 0.6 s wait for
     # it and are answered together at 2 s.
-    latencies = one_turn_at_a_time(_planned(0, 0.0, 0.3, 0.6), model_s=1.0, hop_s=0.0)
+    latencies = one_turn_at_a_time(_planned(0, 0.0, 0.3, 0.6), model_s=1.0, hop_s=0.0, gap_s=0.0)
     assert latencies == pytest.approx([1000.0, 1700.0, 1400.0])
 
 
 def test_hops_delay_each_turn_and_add_up_across_turns() -> None:
-    # A message a second, model 1 s, hops of 10 ms: a turn starts 20 ms after its message (or
-    # after the previous outcome is back), so each following turn starts 20 ms later than the
-    # one before relative to its message.
-    latencies = one_turn_at_a_time(_planned(0, 0.0, 1.0, 2.0), model_s=1.0, hop_s=0.01)
-    assert latencies == pytest.approx([1040.0, 1060.0, 1080.0])
+    # A message a second, model 1 s, hops of 10 ms, acks of 5 ms: a turn starts 20 ms after its
+    # message or 5 ms after the previous model answered, whichever is later, so each following
+    # turn starts 5 ms later than the one before relative to its message.
+    latencies = one_turn_at_a_time(_planned(0, 0.0, 1.0, 2.0), model_s=1.0, hop_s=0.01,
+                                   gap_s=0.005)  # fmt: skip
+    assert latencies == pytest.approx([1040.0, 1045.0, 1050.0])
 
 
 def test_conversations_do_not_wait_for_each_other() -> None:
     planned = _planned(0, 0.0) + _planned(1, 0.0)
-    assert one_turn_at_a_time(planned, model_s=1.0, hop_s=0.0) == pytest.approx([1000.0, 1000.0])
+    assert one_turn_at_a_time(planned, model_s=1.0, hop_s=0.0, gap_s=0.0) == pytest.approx(
+        [1000.0, 1000.0]
+    )
