@@ -836,6 +836,22 @@ def stage_split(stages: Stages, scenario: Scenario) -> dict[str, list[float]]:
     return split
 
 
+def turn_gaps(stages: Stages, scenario: Scenario) -> list[float]:
+    """For each message that waited for its conversation's previous turn: ms from that turn's
+    command reaching the log to this turn's model call starting (its command's timestamp less
+    the model time it records). What a busy conversation adds to each turn beyond the model."""
+    turns = {(p.conversation, p.index): p.message_sid for p in scenario.measured}
+    gaps: list[float] = []
+    for (conversation, index), sid in turns.items():
+        before = turns.get((conversation, index - 1))
+        event_in, started = stages.event_in.get(sid), stages.command_turn.get(sid)
+        ended = stages.command_turn.get(before) if before is not None else None
+        if event_in is None or started is None or ended is None or event_in >= ended:
+            continue  # a first message, one that did not wait, or one whose turn is not logged
+        gaps.append(float(started - stages.model_ms.get(sid, 0) - ended))
+    return gaps
+
+
 def describe_stages(split: dict[str, list[float]], skip_model: bool) -> str:
     parts = [
         f"{name} {statistics.median(values):.0f}/{percentile(values, 0.99):.0f}"
@@ -863,6 +879,8 @@ class E2EResult:
     split_b: dict[str, list[float]]
     unanswered_b: str
     """What became of B's unanswered messages, from the log."""
+    gaps_b: list[float]
+    """`turn_gaps` of B."""
     log_dir: Path
 
 
@@ -916,8 +934,8 @@ def run_e2e(infra: Infra, plan: E2EPlan, say: Callable[[str], None]) -> E2EResul
                          work_dir)  # fmt: skip
         stages = asyncio.run(stages_from_log(servers))
         return E2EResult(plan, a, low, b, rtt, rtt_tuned, idle, stage_split(stages, a),
-                         stage_split(stages, low), stage_split(stages, b),
-                         stages.unanswered(b), state_dir / "logs")  # fmt: skip
+                         stage_split(stages, low), stage_split(stages, b), stages.unanswered(b),
+                         turn_gaps(stages, b), state_dir / "logs")  # fmt: skip
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -938,6 +956,22 @@ def _outcome(scenario: Scenario) -> str:
     if scenario.unmatched:
         text += f", {scenario.unmatched} creates matching no message"
     return text
+
+
+def _cycle(run: E2EResult) -> str:
+    """What each turn of a busy conversation cost beyond the model's own delay."""
+    gaps, models = run.gaps_b, run.split_b["model"]
+    if not gaps or not models:
+        return "no message waited for a previous turn"
+    over = percentile(models, 0.5) - run.plan.model_delay_b_s * 1000
+    return (
+        f"a message that came during its conversation's turn waited for it: from that turn's "
+        f"command in the log to the next turn's model call took {percentile(gaps, 0.5):.0f} ms "
+        f"at p50 ({percentile(gaps, 0.99):.0f} ms p99, {len(gaps):,} turns) and the model call "
+        f"itself {over:.0f} ms more than the model's delay at p50, so each turn of a busy "
+        f"conversation adds ≈ {percentile(gaps, 0.5) + over:.0f} ms to the wait of the messages "
+        f"queued behind it"
+    )
 
 
 def rows(run: E2EResult) -> list[Row]:
@@ -1042,7 +1076,8 @@ def rows(run: E2EResult) -> list[Row]:
             f"conversation gets a message every second for {plan.seconds_b} s, conversations "
             f"staggered evenly, open loop; replies matched to messages by a marker the fake "
             f"model echoes; the agent runs one turn per conversation at a time, so the p50 by "
-            f"position in the conversation shows any queueing ({growth}); {steps}: "
+            f"position in the conversation shows any queueing ({growth}); {_cycle(run)}; "
+            f"{steps}: "
             f"{describe_stages(run.split_b, skip_model=False)}; CPU while loaded (% of one "
             f"core): {describe_cpu(b.cpu)}; platform CPU per message: "
             f"{describe_cost(platform_cpu_ms(b, run.idle))}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.e2e_bench import Planned, one_turn_at_a_time
+from benchmarks.e2e_bench import Planned, Scenario, Sent, Stages, one_turn_at_a_time, turn_gaps
 from benchmarks.fake_llm import completion, unanswered_markers
 
 
@@ -54,3 +54,19 @@ def test_conversations_do_not_wait_for_each_other() -> None:
     assert one_turn_at_a_time(planned, model_s=1.0, hop_s=0.0, gap_s=0.0) == pytest.approx(
         [1000.0, 1000.0]
     )
+
+
+def test_a_turn_gap_counts_only_messages_that_waited_for_the_previous_turn() -> None:
+    planned = _planned(0, 0.0, 1.0, 2.0) + _planned(1, 0.0, 1.0)
+    scenario = Scenario(planned, Sent({}, 0.0, 0, 0.0, 0.0))
+    stages = Stages(
+        # Conversation 0: message 2 came (its event at 1,030) before turn 1's command (1,040);
+        # its model call took 1,010 ms and its command is at 2,065, so the call started 15 ms
+        # after turn 1's command. Message 3 came before turn 2's command too, but has no command
+        # of its own: it counts for nothing. Conversation 1's second message came after the
+        # first turn's command: it did not wait.
+        event_in={"SM01": 1030, "SM02": 2030, "SM11": 1100},
+        command_turn={"SM00": 1040, "SM01": 2065, "SM10": 1050, "SM11": 2120},
+        model_ms={"SM01": 1010, "SM11": 1010},
+    )
+    assert turn_gaps(stages, scenario) == [15.0]
