@@ -104,8 +104,3 @@ class TenantCache:
         credentials = TenantCredentials(record, token)
         self._entries.put(tenant_id, credentials, now + self._ttl_s)
         return credentials
-
-    def forget(self, tenant_id: UUID) -> None:
-        """Drop one tenant, e.g. after its credentials changed."""
-        self._entries.pop(tenant_id)
-        self._read.pop(tenant_id)
