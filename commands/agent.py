@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field
 
@@ -35,6 +35,13 @@ class RecordAgentTurn(Message):
     tokens_in: int = Field(default=0, ge=0)
     tokens_out: int = Field(default=0, ge=0)
     latency_ms: int = Field(default=0, ge=0)
+    builds_on: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Triggering messages of earlier turns whose replies were in this turn's "
+        "history before they were decided (the runner's pipelining, ADR 0014): the decider "
+        "discards this turn unless each of them was recorded with a reply.",
+    )
     fallback_reason: str | None = Field(
         default=None,
         description="Set when the model failed (after its retries) or the token budget ran out: "

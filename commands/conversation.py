@@ -117,6 +117,8 @@ class Conversation:
     """Each inbound message's place in the conversation (0, 1, …)."""
     answered_upto: int = -1
     """The place of the newest inbound message with a turn outcome."""
+    replied: frozenset[str] = frozenset()
+    """Inbound messages whose agent turn was recorded (`AgentReplied`), not discarded."""
     sends: dict[str, Send] = field(default_factory=dict)
     sid_outbound: dict[str, str] = field(default_factory=dict)
     """Twilio SID → our outbound id, from the sender's results."""
@@ -305,6 +307,14 @@ def _turn(current: Conversation, command: RecordAgentTurn, ctx: Context) -> list
             conversation_id=cid, turn_id=command.turn_id, trigger_message_sid=trigger,
             reason="superseded", detail="a newer message was answered first",
         )  # fmt: skip
+    elif not current.replied.issuperset(command.builds_on):
+        # Pipelined after a turn that was discarded (or never decided): its reply was written
+        # after one the customer never got (ADR 0014).
+        discard = AgentTurnDiscarded(
+            conversation_id=cid, turn_id=command.turn_id, trigger_message_sid=trigger,
+            reason="built_on_discarded",
+            detail="its history held an earlier reply that was not sent",
+        )  # fmt: skip
     if discard is not None:
         return [discard]
     outbound_id = str(uuid5(ctx.command_id, "outbound")) if command.reply else None
@@ -447,8 +457,11 @@ def evolve(current: Conversation, event: ConversationEvent) -> Conversation:
             done = replace(current.sends[event.outbound_id], outcome=outcome)
             return replace(current, sends={**current.sends, event.outbound_id: done})
         case AgentReplied() | AgentTurnDiscarded():
-            place = current.inbound_index.get(event.trigger_message_sid, -1)
-            return replace(current, answered=current.answered | {event.trigger_message_sid},
-                           answered_upto=max(current.answered_upto, place))  # fmt: skip
+            trigger = event.trigger_message_sid
+            place = current.inbound_index.get(trigger, -1)
+            replied = {trigger} if isinstance(event, AgentReplied) else set()
+            return replace(current, answered=current.answered | {trigger},
+                           answered_upto=max(current.answered_upto, place),
+                           replied=current.replied | replied)  # fmt: skip
         case _:
             assert_never(event)

@@ -248,7 +248,12 @@ class AgentTurnDiscarded(Message):
     turn_id: str
     trigger_message_sid: str
     reason: Literal[
-        "not_bot", "opted_out", "superseded", "outside_service_window", "tenant_suspended"
+        "not_bot",
+        "opted_out",
+        "superseded",
+        "outside_service_window",
+        "tenant_suspended",
+        "built_on_discarded",
     ]
     detail: str = ""
 

@@ -67,6 +67,11 @@ HISTORY_MESSAGES: Final = 20
 HISTORY_CHARS: Final = 12_000
 """About 3,000 tokens of recent conversation (4 characters a token)."""
 OUTCOME_WAIT_S: Final = 30.0
+AHEAD: Final = 1
+"""Undecided pipelined turns a conversation's next turn may build on: one keeps a busy
+conversation's turns back to back (the decision comes long before the next model answers),
+and a stopped decider holds the conversation back after two turns instead of letting it run
+ahead on replies that may never be sent."""
 _TICK_S: Final = 0.02
 _RETRY_S: Final = 1.0
 
@@ -129,6 +134,19 @@ class AgentConversation:
         said = Said("assistant", reply)
         _place(self, said, trigger)
         self.provisional[trigger] = said
+
+    def undecided(self) -> list[str]:
+        """Messages whose turn's reply is in the history provisionally and not yet decided:
+        what the next turn builds on (`RecordAgentTurn.builds_on`)."""
+        return [trigger for trigger in self.provisional if trigger in self.submitted]
+
+    def expire(self, now: float) -> None:
+        """Forget turns submitted `OUTCOME_WAIT_S` ago and still not decided (a refused command,
+        a decider down for that long): their replies leave the history, so a turn asked again
+        or the next message's turn is not shown a reply that may never have been sent."""
+        for trigger in [t for t, at in self.submitted.items() if now - at >= OUTCOME_WAIT_S]:
+            del self.submitted[trigger]
+            self._unplace(self.provisional.pop(trigger, None))
 
     def _unplace(self, said: Said | None) -> None:
         if said is None:
@@ -253,7 +271,10 @@ class AgentRunner:
         for cid in [cid for cid, at in self.due.items() if at <= now and cid not in self.running]:
             found = self.conversations.get(cid)
             del self.due[cid]
-            if found is None or not _waiting(found, now):
+            if found is None:
+                continue
+            found.expire(now)
+            if not _waiting(found, now):
                 continue
             tenant = self.tenants[found.tenant_id]
             if tenant.suspended:
@@ -272,6 +293,7 @@ class AgentRunner:
         came during it, in the same task and slot, without waiting for the loop's next tick."""
         try:
             while True:
+                builds_on = found.undecided()
                 result = await self._result(found, trigger)
                 tenant = self.tenants[found.tenant_id]
                 if tenant.suspended:  # suspended during the model call: the decider discards
@@ -280,7 +302,7 @@ class AgentRunner:
                     log.info("agent turn held: the tenant was suspended during it",
                              extra={"tenant_id": str(found.tenant_id)})  # fmt: skip
                     return
-                await self._record(cid, found.tenant_id, trigger, result)
+                await self._record(cid, found.tenant_id, trigger, result, builds_on)
                 if trigger not in found.submitted or not pipelines(result):
                     return
                 assert result.reply is not None  # for mypy: `pipelines` checked it
@@ -288,9 +310,12 @@ class AgentRunner:
                 if found.state.last_inbound_sid == trigger:
                     return
                 now = self.clock()  # a message came during this turn: its turn, now or when due
+                found.expire(now)
                 if (self.due.setdefault(cid, now) > now or tenant.suspended
-                        or not _waiting(found, now)):  # fmt: skip
-                    return  # the loop's tick takes it: a debounce window open, or held
+                        or self.slots.locked() or not _waiting(found, now)):  # fmt: skip
+                    # The loop's tick takes it: a debounce window open, held, every slot
+                    # taken (the conversations waiting for one go first), or not to be run.
+                    return
                 del self.due[cid]
                 trigger = _newest(found)
                 found.submitted[trigger] = now
@@ -326,16 +351,22 @@ class AgentRunner:
             await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
             return [m.answer for m in await agent_store.search_faq(conn, tenant_id, query)]
 
-    async def _record(self, cid: str, tenant_id: UUID, trigger: str, result: TurnResult) -> None:
+    async def _record(
+        self, cid: str, tenant_id: UUID, trigger: str, result: TurnResult, builds_on: list[str]
+    ) -> None:
         turn_id = uuid5(tenant_id, f"turn:{cid}:{trigger}")
-        command = turn_command(cid, trigger, turn_id, result)
+        command = turn_command(cid, trigger, turn_id, result, builds_on)
         await submit(self.producer, tenant_id, turn_id, command, datetime.now(UTC), _RETRY_S)
 
 
-def turn_command(cid: str, trigger: str, turn_id: UUID, result: TurnResult) -> RecordAgentTurn:
-    """What the decider is asked to record for a turn's result."""
+def turn_command(
+    cid: str, trigger: str, turn_id: UUID, result: TurnResult, builds_on: Sequence[str] = ()
+) -> RecordAgentTurn:
+    """What the decider is asked to record for a turn's result (`builds_on`: the undecided
+    turns whose replies were in its history)."""
     return RecordAgentTurn(
         conversation_id=cid, turn_id=str(turn_id), trigger_message_sid=trigger,
+        builds_on=list(builds_on),
         agent=result.agent, model=result.model, prompt_hash=result.prompt_hash,
         reply=result.reply, tool_calls=result.tool_calls, tokens_in=result.tokens_in,
         tokens_out=result.tokens_out, latency_ms=result.latency_ms,
@@ -352,6 +383,8 @@ def _waiting(found: AgentConversation, now: float) -> bool:
     window = state.window_open_until
     if any(now - at < OUTCOME_WAIT_S for sid, at in found.submitted.items()
            if sid == trigger or sid not in found.provisional):  # fmt: skip
+        return False
+    if len(found.undecided()) > AHEAD:
         return False
     return (
         trigger is not None and state.started and state.state == "bot" and not state.opted_out

@@ -28,10 +28,12 @@ from events.conversation import (
     InboundMessageReceived,
     OutboundMessageRequested,
 )
-from events.envelope import EventEnvelope
+from events.envelope import EventEnvelope, decode_command
 from streams import kafka
-from streams.agent import AgentOptions, AgentRunner
+from streams.agent import OUTCOME_WAIT_S, AgentOptions, AgentRunner
 from streams.llm import OpenAIChat
+from streams.log import start_from_zero
+from streams.topics import COMMANDS
 from tests.integration import fake_openai as fake
 from tests.integration.fake_openai import FakeOpenAI
 from tests.integration.test_agent_runner import llm as llm  # the fixture
@@ -77,10 +79,21 @@ class Log:
                                              body=reply))  # fmt: skip
 
 
+class Clock:
+    """The runner's monotonic clock, which a test can move forward."""
+
+    def __init__(self) -> None:
+        self.ahead_s = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.ahead_s
+
+
 @asynccontextmanager
 async def driven(
-    brokers: str, server: FakeOpenAI, *, ticks: bool = True, debounce_s: float = 0.0
-) -> AsyncIterator[tuple[AgentRunner, Log]]:
+    brokers: str, server: FakeOpenAI, *, ticks: bool = True, debounce_s: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[tuple[AgentRunner, Log]]:  # fmt: skip
     """A runner whose loop ticks in the background (unless `ticks` is False: the test ticks
     it); the test folds the log into it."""
     producer = kafka.producer(brokers)
@@ -88,7 +101,8 @@ async def driven(
     client = openai.AsyncOpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0,
                                 timeout=10.0)  # fmt: skip
     runner = AgentRunner(producer, None, OpenAIChat(client),
-                         AgentOptions(debounce_s=debounce_s, max_in_flight=8))  # fmt: skip
+                         AgentOptions(debounce_s=debounce_s, max_in_flight=8),
+                         clock=clock)  # fmt: skip
     runner.schedule_pending()  # caught up with an empty log
     log = Log(runner)
     log.append(ConversationStarted(conversation_id=CID, contact=CONTACT, sender=SENDER))
@@ -122,6 +136,28 @@ def _roles(request: dict[str, Any]) -> list[tuple[str, str]]:
     return [(m["role"], m["content"]) for m in request["messages"][1:]]
 
 
+async def _builds_on(brokers: str) -> dict[str, list[str]]:
+    """Each turn command in the log: its triggering message → the turns it says it built on."""
+    consumer = kafka.groupless_consumer(brokers)
+    await consumer.start()
+    try:
+        ends = await start_from_zero(consumer, COMMANDS)
+        found: dict[str, list[str]] = {}
+        while ends:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    command = decode_command(record.value)
+                    if command.type == "RecordAgentTurn":
+                        payload = command.payload
+                        found[payload["trigger_message_sid"]] = payload["builds_on"]
+            for tp in list(ends):
+                if await consumer.position(tp) >= ends[tp]:
+                    del ends[tp]
+        return found
+    finally:
+        await consumer.stop()
+
+
 async def test_the_next_turn_starts_when_the_model_answered_not_when_it_was_decided(
     fresh_broker: str, llm: FakeOpenAI
 ) -> None:
@@ -147,6 +183,9 @@ async def test_the_next_turn_starts_when_the_model_answered_not_when_it_was_deci
         assert not runner.conversations[CID].provisional
         await asyncio.sleep(0.5)
         assert len(llm.requests) == 2  # nothing was asked twice
+    # The second turn says it was given the first reply before that was decided, so the
+    # decider discards it if the first turn was discarded (tests/unit/test_agent_turns.py).
+    assert await _builds_on(fresh_broker) == {"SM1": [], "SM2": ["SM1"]}
 
 
 async def test_a_discarded_turns_reply_leaves_the_history(
@@ -210,3 +249,45 @@ async def test_a_message_during_a_turn_still_keeps_its_debounce_window(
         log.inbound("SM2", "segunda")  # its window ends 1 s from now, after SM1's turn
         assert await _until(lambda: len(llm.requests) == 2, 5.0)
         assert time.monotonic() - sent >= 0.9, "the burst window was cut short"
+
+
+async def test_a_conversation_runs_at_most_one_undecided_turn_ahead(
+    fresh_broker: str, llm: FakeOpenAI
+) -> None:
+    llm.script.extend([fake.Scripted(content="resposta 1", delay_s=0.4),
+                       fake.Scripted(content="resposta 2", delay_s=0.4),
+                       fake.text("resposta 3")])  # fmt: skip
+    async with driven(fresh_broker, llm) as (_, log):
+        log.inbound("SM1", "primeira")
+        assert await _until(lambda: len(llm.requests) == 1, 5.0)
+        log.inbound("SM2", "segunda")  # during turn 1: pipelined
+        assert await _until(lambda: len(llm.requests) == 2, 5.0)
+        log.inbound("SM3", "terceira")  # during turn 2, with turn 1 still undecided
+        # No decider runs: a third turn would stack a third reply on two that may never go out.
+        assert not await _until(lambda: len(llm.requests) == 3, 1.5), "ran two turns ahead"
+        log.replied("SM1", "resposta 1")
+        assert await _until(lambda: len(llm.requests) == 3, 5.0)
+        assert _roles(llm.requests[2]) == [
+            ("user", "primeira"), ("assistant", "resposta 1"), ("user", "segunda"),
+            ("assistant", "resposta 2"), ("user", "terceira"),
+        ]  # fmt: skip
+
+
+async def test_a_turn_never_decided_leaves_the_history_after_the_outcome_wait(
+    fresh_broker: str, llm: FakeOpenAI
+) -> None:
+    """Its command refused or its decider gone: after `OUTCOME_WAIT_S` the next turn is not
+    shown a reply that was perhaps never sent, and does not say it built on it."""
+    llm.script.extend([fake.text("resposta 1"), fake.text("resposta 2")])
+    clock = Clock()
+    async with driven(fresh_broker, llm, clock=clock) as (runner, log):
+        log.inbound("SM1", "primeira")
+        found = runner.conversations[CID]
+        assert await _until(lambda: "SM1" in found.provisional and not runner.running, 5.0)
+        clock.ahead_s = OUTCOME_WAIT_S + 1
+        log.inbound("SM2", "segunda")
+        assert await _until(lambda: len(llm.requests) == 2, 5.0)
+        assert _roles(llm.requests[1]) == [("user", "primeira"), ("user", "segunda")]
+        assert await _until(lambda: not runner.running, 5.0)
+        assert runner.slots._value == 8  # every slot given back
+    assert (await _builds_on(fresh_broker))["SM2"] == []

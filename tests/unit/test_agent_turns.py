@@ -17,7 +17,12 @@ from hypothesis import strategies as st
 from commands import conversation as conv
 from commands.agent import RecordAgentTurn
 from commands.errors import Rejected
-from events.conversation import AgentReplied, OutboundMessageRequested, ToolCall
+from events.conversation import (
+    AgentReplied,
+    AgentTurnDiscarded,
+    OutboundMessageRequested,
+    ToolCall,
+)
 from tests.unit.test_conversation import (
     CID,
     CLOSE,
@@ -95,6 +100,26 @@ def test_a_message_that_arrived_during_the_turn_does_not_silence_it() -> None:
     assert when(given(inbound("SM1"), inbound("SM2"), turn("SM1")), turn("SM2")) == [
         "AgentReplied", "OutboundMessageRequested",
     ]  # fmt: skip
+
+
+def test_a_turn_built_on_a_reply_that_was_not_sent_is_discarded() -> None:
+    """A pipelined turn (ADR 0014) was given the previous turn's reply before that turn was
+    decided. A human took over, so the previous turn was discarded, and handed back before this
+    one was decided: this reply was written after a message the customer never got."""
+    state = given(inbound("SM1"), inbound("SM2"), HANDOFF, turn("SM1"), RETURN)
+    assert when(state, turn("SM2", builds_on=["SM1"])) == ["AgentTurnDiscarded"]
+    (discard,) = conv.decide(state, turn("SM2", builds_on=["SM1"]),
+                             conv.Context(uuid.uuid4(), NOW))  # fmt: skip
+    assert isinstance(discard, AgentTurnDiscarded)
+    assert discard.reason == "built_on_discarded"
+    # Built on a reply that was sent, or on nothing undecided: recorded as ever.
+    sent = given(inbound("SM1"), inbound("SM2"), turn("SM1"))
+    assert when(sent, turn("SM2", builds_on=["SM1"]))[0] == "AgentReplied"
+    assert when(state, turn("SM2"))[0] == "AgentReplied"
+    # ... and a turn built on one whose command never got an outcome is not sent either.
+    assert when(given(inbound("SM1"), inbound("SM2")), turn("SM2", builds_on=["SM1"])) == [
+        "AgentTurnDiscarded"
+    ]
 
 
 def test_a_late_turn_for_an_older_message_is_superseded() -> None:
