@@ -109,7 +109,10 @@ class Ledger:
             try:
                 yield conn
             except BaseException:
-                await conn.execute("ROLLBACK")
+                # A ROLLBACK that fails too (a broken connection, which the pool then discards)
+                # must not hide why the statement or its caller failed.
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import cast
 
 import asyncpg
 import pytest
@@ -86,3 +88,36 @@ async def test_a_failed_statement_rolls_back_and_leaves_the_connection_clean(
         assert await conn.fetchval("SELECT current_setting('app.tenant_id', true)") in (None, "")
     await _insert_as_a(ledger, A, "out-z", fail=False)  # the next transaction works as ever
     assert (await ledger.parts(A, "out-z"))[0].state == "attempting"
+
+
+class OneConnection:
+    """Stands in for the pool with one connection handed out as it is: asyncpg's pool rolls
+    back a transaction left open when a connection is released, which would hide a ledger
+    that forgot to end its own."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        yield self.conn
+
+
+async def test_the_ledger_ends_its_own_transaction_when_the_caller_fails(
+    migrated: asyncpg.Connection, database_url: str
+) -> None:
+    await migrated.execute(f"GRANT SELECT, INSERT, UPDATE ON send_ledger TO {PROJECTOR_ROLE}")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await _as_restricted(conn)
+        ledger = Ledger(cast(asyncpg.Pool, OneConnection(conn)))
+        with pytest.raises(RuntimeError):
+            await _insert_as_a(ledger, A, "out-1", fail=True)
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT current_setting('app.tenant_id', true)") in (None, "")
+        assert await _begin(ledger, A, "out-2")  # committed, and the next works as ever
+        assert not conn.is_in_transaction()
+        assert set(await ledger.parts(A, "out-2")) == {0}
+        assert await ledger.parts(A, "out-1") == {}
+    finally:
+        await conn.close()
