@@ -54,6 +54,7 @@ from events.conversation import (
     OutboundMessageRequested,
 )
 from events.envelope import EventEnvelope
+from events.platform import CommandRejected
 from events.tenant import AgentConfigured, AgentSettings, TenantReactivated, TenantSuspended
 from projections import agents as agent_store
 from streams import kafka
@@ -70,8 +71,9 @@ OUTCOME_WAIT_S: Final = 30.0
 AHEAD: Final = 1
 """Undecided pipelined turns a conversation's next turn may build on: one keeps a busy
 conversation's turns back to back (the decision comes long before the next model answers),
-and a stopped decider holds the conversation back after two turns instead of letting it run
-ahead on replies that may never be sent."""
+and a stopped decider holds the conversation back after two turns, however long it is down,
+instead of letting it run ahead on replies that may never be sent. Every command gets its
+outcome once the decider runs: a decision, or a `CommandRejected` (`AgentRunner._refused`)."""
 _TICK_S: Final = 0.02
 _RETRY_S: Final = 1.0
 
@@ -106,6 +108,8 @@ class AgentConversation:
     """Messages whose turn this process sent to the decider (not yet seen decided), and when.
     The conversation's next turn waits for that outcome, so it sees the reply in its history,
     unless the reply is already there provisionally (`provisional`)."""
+    refused: set[str] = field(default_factory=set)
+    """Messages whose turn's command this process saw refused."""
     provisional: dict[str, Said] = field(default_factory=dict)
     """Message → the reply its turn sent to the decider, placed in the history when the model
     answered rather than when the decider's `OutboundMessageRequested` is read, so the next turn
@@ -140,13 +144,13 @@ class AgentConversation:
         what the next turn builds on (`RecordAgentTurn.builds_on`)."""
         return [trigger for trigger in self.provisional if trigger in self.submitted]
 
-    def expire(self, now: float) -> None:
-        """Forget turns submitted `OUTCOME_WAIT_S` ago and still not decided (a refused command,
-        a decider down for that long): their replies leave the history, so a turn asked again
-        or the next message's turn is not shown a reply that may never have been sent."""
-        for trigger in [t for t, at in self.submitted.items() if now - at >= OUTCOME_WAIT_S]:
-            del self.submitted[trigger]
-            self._unplace(self.provisional.pop(trigger, None))
+    def refuse(self, trigger: str) -> None:
+        """The decider refused `trigger`'s turn (`CommandRejected`): its reply leaves the
+        history, the next turn neither waits for it nor builds on it, and the message is not
+        asked about again (the same command would be refused again)."""
+        self.submitted.pop(trigger, None)
+        self._unplace(self.provisional.pop(trigger, None))
+        self.refused.add(trigger)
 
     def _unplace(self, said: Said | None) -> None:
         if said is None:
@@ -184,6 +188,9 @@ class AgentRunner:
     arrived: dict[str, datetime] = field(default_factory=dict)
     """When each conversation's newest message was recorded, as folded during the catch-up."""
     running: set[str] = field(default_factory=set)
+    turns: dict[tuple[UUID, str], tuple[str, str]] = field(default_factory=dict)
+    """(tenant, turn id) of each command this process submitted and has not seen decided →
+    (conversation, triggering message): how a `CommandRejected` finds its turn."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     caught_up: bool = False
     slots: asyncio.Semaphore = field(init=False)
@@ -211,6 +218,9 @@ class AgentRunner:
                 self.due.setdefault(cid, self.clock())
             tenant.held.clear()
             return
+        if isinstance(event, CommandRejected):
+            self._refused(envelope.tenant_id, event)
+            return
         if not isinstance(event, CONVERSATION_EVENTS):
             return
         cid = event.conversation_id
@@ -226,9 +236,9 @@ class AgentRunner:
                 else:
                     self.arrived[cid] = envelope.recorded_at
             case AgentTurnDiscarded():
-                self._outcome(cid, found, event.trigger_message_sid)
+                self._outcome(cid, found, event.trigger_message_sid, event.turn_id)
             case AgentReplied():
-                self._outcome(cid, found, event.trigger_message_sid)
+                self._outcome(cid, found, event.trigger_message_sid, event.turn_id)
                 day = envelope.recorded_at.astimezone(UTC).date()
                 if tenant.tokens_day != day:
                     tenant.tokens_day, tenant.tokens_today = day, 0
@@ -245,10 +255,22 @@ class AgentRunner:
     async def tick(self) -> None:
         await self.start_due()
 
-    def _outcome(self, cid: str, found: AgentConversation, trigger: str) -> None:
+    def _outcome(self, cid: str, found: AgentConversation, trigger: str, turn_id: str) -> None:
         """A turn's outcome is in: a message that came during that turn can have its own now."""
+        self.turns.pop((found.tenant_id, turn_id), None)
         if found.submitted.pop(trigger, None) is not None and self.caught_up:
             self.due.setdefault(cid, self.clock())
+
+    def _refused(self, tenant_id: UUID, event: CommandRejected) -> None:
+        """The decider refused one of this process's turns: that is its outcome here."""
+        turn = self.turns.pop((tenant_id, event.command_id), None)
+        found = self.conversations.get(turn[0]) if turn is not None else None
+        if turn is None or found is None:
+            return
+        ids = {"tenant_id": str(tenant_id), "command_id": event.command_id}
+        log.warning("agent turn refused by the decider (%s)", event.reason_code, extra=ids)
+        found.refuse(turn[1])
+        self.due.setdefault(turn[0], self.clock())
 
     def schedule_pending(self) -> int:
         """After the catch-up: every conversation whose newest message still waits for a turn."""
@@ -271,10 +293,7 @@ class AgentRunner:
         for cid in [cid for cid, at in self.due.items() if at <= now and cid not in self.running]:
             found = self.conversations.get(cid)
             del self.due[cid]
-            if found is None:
-                continue
-            found.expire(now)
-            if not _waiting(found, now):
+            if found is None or not _waiting(found, now):
                 continue
             tenant = self.tenants[found.tenant_id]
             if tenant.suspended:
@@ -304,13 +323,13 @@ class AgentRunner:
                     return
                 await self._record(cid, found.tenant_id, trigger, result, builds_on)
                 if trigger not in found.submitted or not pipelines(result):
-                    return
+                    return  # decided (or refused) already, or the next turn waits for that
+                found.submitted[trigger] = self.clock()  # in the log: its outcome is due now
                 assert result.reply is not None  # for mypy: `pipelines` checked it
                 found.place_provisionally(trigger, result.reply)
                 if found.state.last_inbound_sid == trigger:
                     return
                 now = self.clock()  # a message came during this turn: its turn, now or when due
-                found.expire(now)
                 if (self.due.setdefault(cid, now) > now or tenant.suspended
                         or self.slots.locked() or not _waiting(found, now)):  # fmt: skip
                     # The loop's tick takes it: a debounce window open, held, every slot
@@ -356,6 +375,7 @@ class AgentRunner:
     ) -> None:
         turn_id = uuid5(tenant_id, f"turn:{cid}:{trigger}")
         command = turn_command(cid, trigger, turn_id, result, builds_on)
+        self.turns[(tenant_id, str(turn_id))] = (cid, trigger)
         await submit(self.producer, tenant_id, turn_id, command, datetime.now(UTC), _RETRY_S)
 
 
@@ -375,10 +395,11 @@ def turn_command(
 
 
 def _waiting(found: AgentConversation, now: float) -> bool:
-    """The newest message has no outcome, the bot owns the conversation, no turn of it awaits
-    its outcome (the next turn must see the previous reply; an outcome that never comes, a
-    refused command, stops waiting after `OUTCOME_WAIT_S`), and the 24-hour window is still
-    open (an older message is past answering: no model call)."""
+    """The newest message has no outcome and was not refused, the bot owns the conversation,
+    no turn of it awaits its outcome (the next turn must see the previous reply, unless that
+    is in the history provisionally and at most `AHEAD` such turns are undecided; a
+    non-provisional outcome that never comes stops being waited for after `OUTCOME_WAIT_S`),
+    and the 24-hour window is still open (an older message is past answering: no model call)."""
     state, trigger = found.state, found.state.last_inbound_sid
     window = state.window_open_until
     if any(now - at < OUTCOME_WAIT_S for sid, at in found.submitted.items()
@@ -388,7 +409,8 @@ def _waiting(found: AgentConversation, now: float) -> bool:
         return False
     return (
         trigger is not None and state.started and state.state == "bot" and not state.opted_out
-        and trigger not in state.answered and window is not None and datetime.now(UTC) < window
+        and trigger not in state.answered and trigger not in found.refused
+        and window is not None and datetime.now(UTC) < window
     )  # fmt: skip
 
 

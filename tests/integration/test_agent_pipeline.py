@@ -4,7 +4,9 @@ Driven event by event (the decider's events folded by hand, no decider running),
 broker taking the runner's commands and a fake OpenAI server reached through the real SDK: a
 message that came during a turn gets its own turn as soon as the first turn's result is in the
 log, with the first reply in its history; the decision, when it comes, does not add that reply
-twice, and a discarded turn's reply is taken out again. A fallback waits for the decision.
+twice, and a discarded turn's reply is taken out again. A fallback waits for the decision; a
+turn's command names the undecided turns it built on; a conversation runs at most one
+undecided turn ahead; a refused turn is that turn's outcome.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from events.conversation import (
     OutboundMessageRequested,
 )
 from events.envelope import EventEnvelope, decode_command
+from events.platform import CommandRejected
 from streams import kafka
-from streams.agent import OUTCOME_WAIT_S, AgentOptions, AgentRunner
+from streams.agent import AgentOptions, AgentRunner
 from streams.llm import OpenAIChat
 from streams.log import start_from_zero
 from streams.topics import COMMANDS
@@ -50,7 +53,7 @@ class Log:
     def __init__(self, runner: AgentRunner) -> None:
         self.runner, self.seq = runner, 0
 
-    def append(self, event: ConversationEvent) -> None:
+    def append(self, event: ConversationEvent | CommandRejected) -> None:
         self.seq += 1
         now = datetime.now(UTC)
         self.runner.fold(EventEnvelope(
@@ -79,21 +82,10 @@ class Log:
                                              body=reply))  # fmt: skip
 
 
-class Clock:
-    """The runner's monotonic clock, which a test can move forward."""
-
-    def __init__(self) -> None:
-        self.ahead_s = 0.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.ahead_s
-
-
 @asynccontextmanager
 async def driven(
-    brokers: str, server: FakeOpenAI, *, ticks: bool = True, debounce_s: float = 0.0,
-    clock: Callable[[], float] = time.monotonic,
-) -> AsyncIterator[tuple[AgentRunner, Log]]:  # fmt: skip
+    brokers: str, server: FakeOpenAI, *, ticks: bool = True, debounce_s: float = 0.0
+) -> AsyncIterator[tuple[AgentRunner, Log]]:
     """A runner whose loop ticks in the background (unless `ticks` is False: the test ticks
     it); the test folds the log into it."""
     producer = kafka.producer(brokers)
@@ -101,8 +93,7 @@ async def driven(
     client = openai.AsyncOpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0,
                                 timeout=10.0)  # fmt: skip
     runner = AgentRunner(producer, None, OpenAIChat(client),
-                         AgentOptions(debounce_s=debounce_s, max_in_flight=8),
-                         clock=clock)  # fmt: skip
+                         AgentOptions(debounce_s=debounce_s, max_in_flight=8))  # fmt: skip
     runner.schedule_pending()  # caught up with an empty log
     log = Log(runner)
     log.append(ConversationStarted(conversation_id=CID, contact=CONTACT, sender=SENDER))
@@ -273,18 +264,22 @@ async def test_a_conversation_runs_at_most_one_undecided_turn_ahead(
         ]  # fmt: skip
 
 
-async def test_a_turn_never_decided_leaves_the_history_after_the_outcome_wait(
+async def test_a_refused_turn_leaves_the_history_and_is_not_asked_again(
     fresh_broker: str, llm: FakeOpenAI
 ) -> None:
-    """Its command refused or its decider gone: after `OUTCOME_WAIT_S` the next turn is not
-    shown a reply that was perhaps never sent, and does not say it built on it."""
+    """The decider refused the turn's command (`CommandRejected`): the next turn is not shown
+    that reply, does not wait for it or say it built on it, and the message is not re-asked."""
     llm.script.extend([fake.text("resposta 1"), fake.text("resposta 2")])
-    clock = Clock()
-    async with driven(fresh_broker, llm, clock=clock) as (runner, log):
+    async with driven(fresh_broker, llm) as (runner, log):
         log.inbound("SM1", "primeira")
         found = runner.conversations[CID]
         assert await _until(lambda: "SM1" in found.provisional and not runner.running, 5.0)
-        clock.ahead_s = OUTCOME_WAIT_S + 1
+        turn_id = uuid.uuid5(TENANT, f"turn:{CID}:SM1")
+        log.append(CommandRejected(command_id=str(turn_id), command_type="RecordAgentTurn",
+                                   reason_code="unknown_trigger", reason="refused"))  # fmt: skip
+        assert [s.text for s in found.history] == ["primeira"]
+        await asyncio.sleep(0.5)
+        assert len(llm.requests) == 1, "the refused message was asked about again"
         log.inbound("SM2", "segunda")
         assert await _until(lambda: len(llm.requests) == 2, 5.0)
         assert _roles(llm.requests[1]) == [("user", "primeira"), ("user", "segunda")]
