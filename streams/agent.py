@@ -236,9 +236,9 @@ class AgentRunner:
                 else:
                     self.arrived[cid] = envelope.recorded_at
             case AgentTurnDiscarded():
-                self._outcome(cid, found, event.trigger_message_sid, event.turn_id)
+                self._outcome(cid, found, event)
             case AgentReplied():
-                self._outcome(cid, found, event.trigger_message_sid, event.turn_id)
+                self._outcome(cid, found, event)
                 day = envelope.recorded_at.astimezone(UTC).date()
                 if tenant.tokens_day != day:
                     tenant.tokens_day, tenant.tokens_today = day, 0
@@ -255,22 +255,24 @@ class AgentRunner:
     async def tick(self) -> None:
         await self.start_due()
 
-    def _outcome(self, cid: str, found: AgentConversation, trigger: str, turn_id: str) -> None:
+    def _outcome(
+        self, cid: str, found: AgentConversation, event: AgentReplied | AgentTurnDiscarded
+    ) -> None:
         """A turn's outcome is in: a message that came during that turn can have its own now."""
-        self.turns.pop((found.tenant_id, turn_id), None)
-        if found.submitted.pop(trigger, None) is not None and self.caught_up:
+        self.turns.pop((found.tenant_id, event.turn_id), None)
+        if found.submitted.pop(event.trigger_message_sid, None) is not None and self.caught_up:
             self.due.setdefault(cid, self.clock())
 
     def _refused(self, tenant_id: UUID, event: CommandRejected) -> None:
         """The decider refused one of this process's turns: that is its outcome here."""
         turn = self.turns.pop((tenant_id, event.command_id), None)
-        found = self.conversations.get(turn[0]) if turn is not None else None
-        if turn is None or found is None:
-            return
+        if turn is None:
+            return  # another process's turn, or a command that is not a turn
+        cid, trigger = turn
         ids = {"tenant_id": str(tenant_id), "command_id": event.command_id}
         log.warning("agent turn refused by the decider (%s)", event.reason_code, extra=ids)
-        found.refuse(turn[1])
-        self.due.setdefault(turn[0], self.clock())
+        self.conversations[cid].refuse(trigger)  # never forgotten once folded
+        self.due.setdefault(cid, self.clock())
 
     def schedule_pending(self) -> int:
         """After the catch-up: every conversation whose newest message still waits for a turn."""
